@@ -1,0 +1,175 @@
+"""Headless commands: train, sample, recover, score, eval, fixtures (DESIGN.md's contract).
+
+With --json a command prints one JSON object as the last line of stdout. Bad input prints one line
+on stderr and exits 2; a run that fails prints one line and exits 1.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import config
+from .config import ConfigError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump: the contract is "one clear line on stderr"
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def emit(data: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data, default=str))
+    else:
+        for k, v in data.items():
+            print(f"{k:>20}: {v}")
+
+
+def _cfg(args) -> config.RunConfig:
+    return config.load(args.preset, getattr(args, "set", None) or [])
+
+
+def _writable_file(path: str) -> Path:
+    from .store import check_writable
+    out = Path(path)
+    check_writable(out.parent if str(out.parent) else Path("."))
+    return out
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from .events import Failed, Finished, Started, StepMetrics
+    from .session import Session
+    cfg = _cfg(args)
+    bar = None
+    for event in Session(cfg, args.out, preset=args.preset):
+        if isinstance(event, Started):
+            if not args.json:
+                print(f"run {event.run_dir}  " + "  ".join(f"{k}={v}" for k, v in event.derived.items()), file=sys.stderr)
+                bar = tqdm(total=cfg.steps, unit="step", file=sys.stderr)
+        elif isinstance(event, StepMetrics) and bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{event.metrics['reward']:.4f}", loss=f"{event.metrics['loss']:.4f}")
+        elif isinstance(event, Failed):
+            print(f"error: {event.error}", file=sys.stderr)
+            return 1
+        elif isinstance(event, Finished):
+            if bar is not None:
+                bar.close()
+            emit({"run_dir": str(event.run_dir), "steps": event.summary["steps"],
+                  "reward_first": event.summary["reward_first"], "reward_last": event.summary["reward_last"],
+                  "srp_last": event.summary["srp_last"], "lora_path": str(event.run_dir / "pytorch_lora_weights.safetensors"),
+                  "seconds": event.summary["seconds"]}, args.json)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from . import evaluate
+    from .store import save_image
+    cfg = _cfg(args)
+    prompt = evaluate.require_prompt(args.prompt)
+    out = _writable_file(args.out)
+    models = evaluate.load_models(cfg, args.lora)
+    save_image(evaluate.generate(models, cfg, [prompt], args.seed)[0], out)
+    emit({"image": str(out), "prompt": prompt, "seed": args.seed, "lora": args.lora}, args.json)
+    return 0
+
+
+def cmd_recover(args) -> int:
+    from . import evaluate
+    from .store import save_image
+    cfg = _cfg(args)
+    sigmas = evaluate.parse_sigmas(args.sigmas)
+    prompt = evaluate.require_prompt(args.prompt)
+    out = _writable_file(args.out) if args.out else None
+    table, grid = evaluate.recover(evaluate.load_models(cfg, args.lora), cfg, prompt, args.seed, sigmas)
+    if out:
+        save_image(grid, out)
+        table["grid"] = str(out)
+    emit(table, args.json)
+    return 0
+
+
+def cmd_score(args) -> int:
+    from . import evaluate
+    from .store import from_pil
+    cfg = _cfg(args)
+    prompt = evaluate.require_prompt(args.prompt)
+    image = evaluate.load_image(args.image)
+    models = evaluate.load_models(cfg)
+    pos = args.pos if args.pos is not None else cfg.pos_words[0] if cfg.pos_words else ""
+    neg = args.neg if args.neg is not None else cfg.neg_words[0] if cfg.neg_words else ""
+    emit(evaluate.score(models, from_pil(image, cfg.resolution).unsqueeze(0), prompt, pos, neg), args.json)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import evaluate
+    from .session import read_prompts_file, training_prompts
+    cfg = _cfg(args)
+    if args.seeds <= 0:
+        raise ConfigError(f"--seeds must be greater than 0 (got {args.seeds}).")
+    prompts = read_prompts_file(args.prompts) if args.prompts else training_prompts(cfg)
+    result = evaluate.evaluate(evaluate.load_models(cfg, args.lora), cfg, prompts, args.seeds)
+    emit({"preset": args.preset, "lora": args.lora, **result}, args.json)
+    return 0
+
+
+def cmd_fixtures(args) -> int:
+    from .models import write_fixtures
+    from .store import check_writable
+    paths = write_fixtures(check_writable(Path(args.out)))
+    emit({k: str(v) for k, v in paths.items()}, args.json)
+    return 0
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m srpo_core", description="SRPO Studio: Direct-Align / SRPO preference tuning, headless.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def command(name, fn, help, preset=True):
+        c = sub.add_parser(name, help=help, description=help)
+        if preset:
+            c.add_argument("--preset", default=config.DEFAULT_PRESET,
+                           help=f"preset name ({', '.join(config.preset_names())}) or a YAML/JSON file")
+        c.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+        c.set_defaults(fn=fn)
+        return c
+
+    c = command("train", cmd_train, "Run a tuning session; writes runs/<id>/.")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    c.add_argument("--out", default="runs", help="runs root; the run gets its own folder inside (default: runs)")
+    c = command("sample", cmd_sample, "Generate one image.")
+    c.add_argument("--prompt", required=True)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--lora", help="a run directory whose LoRA to load")
+    c.add_argument("--out", required=True, help="output PNG file")
+    c = command("recover", cmd_recover, "Per-timestep recoveries: one-step vs Direct-Align PSNR across sigma.")
+    c.add_argument("--prompt", required=True)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--sigmas", default="0.1,0.3,0.5,0.7,0.9")
+    c.add_argument("--lora", help="a run directory whose LoRA to load")
+    c.add_argument("--out", help="grid PNG (rows: noisy, one-step, Direct-Align)")
+    c = command("score", cmd_score, "Reward of an image: r(p), r(p+), r(p-) and SRP.")
+    c.add_argument("--image", required=True)
+    c.add_argument("--prompt", required=True)
+    c.add_argument("--pos", help="positive control word (default: the preset's first)")
+    c.add_argument("--neg", help="negative control word (default: the preset's first)")
+    c = command("eval", cmd_eval, "Mean reward of generated images over prompts x seeds.")
+    c.add_argument("--lora", help="a run directory whose LoRA to load")
+    c.add_argument("--prompts", help="UTF-8 text file, one prompt a line (default: the preset's prompts)")
+    c.add_argument("--seeds", type=int, default=2)
+    c = command("fixtures", cmd_fixtures, "Write tiny random models in the real on-disk formats.", preset=False)
+    c.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

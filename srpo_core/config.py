@@ -1,0 +1,216 @@
+"""The one config schema: a flat dataclass whose fields carry defaults, help and validation.
+
+The CLI (`--set key=value`), presets (partial YAML/JSON) and the app's form all read this schema.
+"""
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from .schedule import dsigma_cells
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+DEFAULT_PRESET = "tiny"
+
+Backend = Literal["tiny", "flux", "sd3"]
+RewardName = Literal["tiny-clip", "clip"]
+Method = Literal["srpo", "direct-align", "refl", "draft"]
+Optimizer = Literal["adamw", "adamw8bit", "paged-adamw8bit"]
+LrSchedule = Literal["constant", "constant_with_warmup", "linear", "cosine"]
+Precision = Literal["auto", "no", "bf16"]
+Weighting = Literal["k-schedule", "lambda"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class ConfigError(ValueError):
+    """A bad config value or key; the message is one sentence naming the allowed values."""
+
+
+def _f(default, help: str, group: str, advanced: bool = False, **kw):
+    meta = {"help": help, "group": group, "advanced": advanced}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class RunConfig:
+    # model
+    backend: Backend = _f("tiny", "Generator family: 'tiny' builds random tiny FLUX-family models in code.", "model")
+    model: str = _f("", "Hub id or local diffusers directory of the generator ('' = built in code).", "model")
+    reward: RewardName = _f("tiny-clip", "Reward model family.", "model")
+    reward_model: str = _f("", "Hub id or local directory of the reward model ('' = built in code).", "model")
+    # method
+    method: Method = _f("srpo", "Loss recipe: srpo, direct-align (plain reward), refl, draft.", "method")
+    pos_words: list[str] = _f(["Detailed"], "Positive control words, one used per step (round robin).", "method")
+    neg_words: list[str] = _f(["Smooth"], "Negative control words, one used per step (round robin).", "method")
+    weighting: Weighting = _f("k-schedule", "SRP weighting: reference k schedules, or the paper's lambda(t).", "method", True)
+    k_denoise: tuple[float, float] = _f((0.1, 0.25), "k_d from lowest to highest training sigma (denoise branch).", "method", True)
+    k_inversion: tuple[float, float] = _f((0.3, 0.01), "k_i from lowest to highest training sigma (inversion branch).", "method", True)
+    inversion: bool = _f(True, "SRPO only: add the inversion branch.", "method", True)
+    # training
+    steps: int = _f(20, "Number of optimizer steps.", "training")
+    seed: int = _f(0, "Seed for prompts, noise and sigma draws.", "training")
+    lr: float = _f(1e-4, "Learning rate of the LoRA parameters.", "training")
+    lr_schedule: LrSchedule = _f("constant", "Learning-rate schedule.", "training", True)
+    warmup_steps: int = _f(0, "Warm-up steps of the learning-rate schedule.", "training", True)
+    optimizer: Optimizer = _f("adamw", "adamw (torch) or bitsandbytes 8-bit AdamW variants.", "training")
+    weight_decay: float = _f(1e-4, "AdamW weight decay.", "training", True)
+    grad_clip: float = _f(0.1, "Max gradient norm (0 = no clipping).", "training", True)
+    grad_accum: int = _f(1, "Micro-batches accumulated per optimizer step.", "training", True)
+    batch_size: int = _f(1, "Images per micro-batch.", "training")
+    mixed_precision: Precision = _f("auto", "auto = bf16 on GPU, fp32 on CPU.", "training", True)
+    device: Device = _f("auto", "Where to run: auto picks CUDA when available.", "training", True)
+    # lora
+    lora_rank: int = _f(8, "LoRA rank.", "lora")
+    lora_alpha: float = _f(8.0, "LoRA alpha (scale = alpha / rank).", "lora", True)
+    lora_dropout: float = _f(0.0, "LoRA dropout.", "lora", True)
+    lora_targets: list[str] = _f([], "Module names to adapt ([] = the backend's defaults).", "lora", True)
+    # sampling and noise levels
+    resolution: int = _f(32, "Image side in pixels.", "sampling")
+    rollout_steps: int = _f(10, "Euler steps of the no-grad rollouts that make clean samples.", "sampling")
+    shift: float = _f(3.0, "Time shift of the sampling schedule.", "sampling", True)
+    guidance: float = _f(1.0, "Guidance scale of rollouts (embedded guidance or CFG, by backend).", "sampling", True)
+    train_sigma_range: tuple[float, float] = _f((0.75, 0.964), "(low, high) sigma range that training draws from.", "sampling", True)
+    train_grid_len: int = _f(1000, "Cells of the training sigma grid.", "sampling", True)
+    groundtruth_ratio: float = _f(0.9, "dsigma = (1 - ratio) * grid length cells of the training grid.", "sampling", True)
+    late_steps: int = _f(5, "refl: the rollout stops at a random one of its last late_steps steps; draft: K steps with gradients.", "method", True)
+    images_dir: str = _f("", "Offline mode: a folder of real images encoded by the VAE instead of rollouts.", "sampling", True)
+    prompts: list[str] = _f([], "Training prompts ([] = the backend's built-in prompt list).", "sampling")
+    prompts_file: str = _f("", "UTF-8 file, one prompt a line (overrides prompts).", "sampling", True)
+    # outputs
+    preview_every: int = _f(5, "Save a preview image every N steps (0 = never).", "outputs")
+    checkpoint_every: int = _f(0, "Save LoRA weights every N steps (0 = only at the end).", "outputs", True)
+    preview_prompt: str = _f("", "Prompt of the preview images ('' = the first training prompt).", "outputs", True)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, _hint(f.name), getattr(self, f.name)))
+        positive = ["steps", "lr", "lora_rank", "lora_alpha", "batch_size", "grad_accum", "rollout_steps",
+                    "train_grid_len", "resolution", "late_steps", "shift"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be greater than 0 (got {getattr(self, name)}).")
+        for name in ["weight_decay", "grad_clip", "lora_dropout", "warmup_steps", "preview_every", "checkpoint_every"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or greater (got {getattr(self, name)}).")
+        lo, hi = self.train_sigma_range
+        if not (0 < lo < 1 and 0 < hi < 1):
+            raise ConfigError(f"train_sigma_range values must lie strictly between 0 and 1 (got {lo}, {hi}).")
+        if lo >= hi:
+            raise ConfigError(f"train_sigma_range must be (low, high) with low < high (got {lo}, {hi}).")
+        if not 0 <= self.groundtruth_ratio < 1:
+            raise ConfigError(f"groundtruth_ratio must be in [0, 1) (got {self.groundtruth_ratio}).")
+        if 2 * dsigma_cells(self.train_grid_len, self.groundtruth_ratio) >= self.train_grid_len:
+            raise ConfigError("groundtruth_ratio is too low for train_grid_len: two dsigma steps must fit inside the grid.")
+        if self.lora_dropout >= 1:
+            raise ConfigError(f"lora_dropout must be below 1 (got {self.lora_dropout}).")
+        if self.method == "srpo" and not (self.pos_words and self.neg_words):
+            raise ConfigError("method srpo needs at least one positive and one negative control word.")
+        if self.method == "draft" and self.late_steps > self.rollout_steps:
+            raise ConfigError(f"late_steps ({self.late_steps}) must not exceed rollout_steps ({self.rollout_steps}).")
+        for p in self.prompts:
+            if not p.strip():
+                raise ConfigError("prompts must not contain empty or whitespace-only entries.")
+
+    @property
+    def dsigma(self) -> float:
+        lo, hi = self.train_sigma_range
+        return (hi - lo) * dsigma_cells(self.train_grid_len, self.groundtruth_ratio) / (self.train_grid_len - 1)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes) -> "RunConfig":
+        return from_dict({**self.to_dict(), **changes})
+
+
+def _hint(name: str):
+    return typing.get_type_hints(RunConfig)[name]
+
+
+def _coerce(name: str, hint, value):
+    """Turn a value (from YAML, JSON or a `key=value` string) into the field's type, or refuse it."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, args))} (got {value!r}).")
+        return value
+    if origin in (list, tuple):
+        items = [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{name} must be a list (got {value!r}).")
+        if origin is tuple:
+            if len(items) != len(args):
+                raise ConfigError(f"{name} needs {len(args)} comma-separated numbers (got {value!r}).")
+            return tuple(_coerce(name, a, v) for a, v in zip(args, items))
+        return [_coerce(name, args[0], v) for v in items]
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be true or false (got {value!r}).")
+    if hint in (int, float):
+        try:
+            number = hint(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or (hint is int and isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{name} must be {'an integer' if hint is int else 'a number'} (got {value!r}).")
+        return number
+    return str(value)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(RunConfig)]
+
+
+def from_dict(data: dict) -> RunConfig:
+    unknown = sorted(set(data) - set(field_names()))
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}; allowed keys: {', '.join(field_names())}.")
+    return RunConfig(**data)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def read_preset(name_or_file: str) -> dict:
+    """A preset's partial overrides: a name from presets/ or a YAML/JSON file path."""
+    path = Path(name_or_file)
+    if not path.is_file():
+        path = PRESETS_DIR / f"{name_or_file}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown preset {name_or_file!r}; available: {', '.join(preset_names())}, or a YAML/JSON file.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"preset {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {path} must hold a mapping of config keys to values.")
+    return data
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`["steps=5", "lr=1e-4"]` -> {"steps": "5", "lr": "1e-4"}; values are coerced by the schema."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r} must look like key=value.")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load(preset: str, overrides: list[str] | dict | None = None) -> RunConfig:
+    """Defaults <- preset <- overrides, validated."""
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    return from_dict({**read_preset(preset), **extra})

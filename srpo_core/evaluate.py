@@ -1,0 +1,134 @@
+"""Inference-side operations shared by the CLI and the app: sample, recover, score, eval."""
+
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.utils import make_grid
+
+from . import direct_align as da
+from . import methods, srp
+from .config import ConfigError, RunConfig
+from .models import Models, build
+from .store import RunStore
+
+
+def require_prompt(prompt: str) -> str:
+    if not prompt or not prompt.strip():
+        raise ConfigError("prompt is empty; give a non-empty text prompt.")
+    return prompt.strip()
+
+
+def load_models(cfg: RunConfig, lora_run: str | Path | None = None) -> Models:
+    """Build the config's models and, if given, load a run's LoRA into the generator."""
+    models = build(cfg)
+    if lora_run:
+        attach_lora(models, cfg, lora_run)
+    return models
+
+
+def attach_lora(models: Models, cfg: RunConfig, run_dir: str | Path) -> None:
+    store = RunStore(Path(run_dir))
+    if not store.lora_path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory with LoRA weights ({store.lora_path.name} missing).")
+    run_cfg = store.config()
+    if (run_cfg.backend, run_cfg.model) != (cfg.backend, cfg.model):
+        raise ConfigError(f"run {store.name} was tuned on backend={run_cfg.backend} model={run_cfg.model or '-'}, "
+                          f"not on this preset's backend={cfg.backend} model={cfg.model or '-'}.")
+    models.backend.load_lora(store.lora_path)
+
+
+def _ctx(models: Models, cfg: RunConfig) -> methods.Context:
+    return methods.Context(models.backend, models.reward, cfg)
+
+
+def generate(models: Models, cfg: RunConfig, prompts: list[str], seed: int) -> torch.Tensor:
+    """Images (B, 3, R, R) in [0, 1]: no-grad rollouts, prompt i with noise seed `seed + i`."""
+    ctx = _ctx(models, cfg)
+    noise = torch.cat([ctx.noise(1, torch.Generator().manual_seed(seed + i)) for i in range(len(prompts))])
+    with torch.no_grad():
+        return models.backend.decode(methods.sample(ctx, models.backend.encode_prompts(prompts), noise))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+
+
+def parse_sigmas(text: str) -> list[float]:
+    try:
+        sigmas = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"sigmas must be comma-separated numbers in (0, 1) (got {text!r}).") from None
+    if not sigmas or any(not 0 < s < 1 for s in sigmas):
+        raise ConfigError(f"sigmas must be comma-separated numbers strictly between 0 and 1 (got {text!r}).")
+    return sigmas
+
+
+@torch.no_grad()
+def recover(models: Models, cfg: RunConfig, prompt: str, seed: int, sigmas: list[float]) -> tuple[dict, torch.Tensor]:
+    """Per-timestep recoveries of one clean sample: noisy state, one-step x0, Direct-Align x0_hat.
+
+    Returns the PSNR table (dB against the decoded clean sample) and a grid image (3, H, W) whose
+    rows are noisy / one-step / Direct-Align and whose columns follow `sigmas`.
+    """
+    ctx, backend = _ctx(models, cfg), models.backend
+    cond = backend.encode_prompts([require_prompt(prompt)])
+    x0 = methods.sample(ctx, cond, ctx.noise(1, torch.Generator().manual_seed(seed)))
+    eps = ctx.noise(1, torch.Generator().manual_seed(seed + 1))
+    clean, ds = backend.decode(x0), cfg.dsigma
+    rows = {"noisy": [], "one_step": [], "direct_align": []}
+    out = {"sigmas": sigmas, "dsigma": ds, "direct_align_psnr": [], "one_step_psnr": [],
+           "predicted_gap_db": [], "latent_gap_db": []}
+    for s in sigmas:
+        sigma = torch.tensor([s], device=x0.device)
+        x = da.inject(x0, eps, sigma)
+        v = backend.velocity(x, sigma, cond, cfg.guidance)
+        naive = da.one_step_x0(x, v, sigma)
+        hat = da.recover(da.euler_step(x, v, sigma, sigma - ds), eps, sigma - ds)
+        images = backend.decode(torch.cat([x, naive, hat]))
+        for key, img in zip(rows, images):
+            rows[key].append(img)
+        out["one_step_psnr"].append(psnr(images[1], clean[0]))
+        out["direct_align_psnr"].append(psnr(images[2], clean[0]))
+        out["predicted_gap_db"].append(-20 * math.log10(da.predicted_error_factor(s, ds)))
+        out["latent_gap_db"].append(20 * math.log10(float((naive - x0).norm() / (hat - x0).norm())))
+    grid = make_grid(torch.stack([img for key in rows for img in rows[key]]), nrow=len(sigmas), padding=2, pad_value=1.0)
+    return out, grid
+
+
+def load_image(path: str | Path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"image file {path} does not exist.")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError):
+        raise ConfigError(f"{path} is not an image PIL can read (PNG, JPEG, WebP, ...).") from None
+    return image
+
+
+@torch.no_grad()
+def score(models: Models, images: torch.Tensor, prompt: str, pos: str, neg: str) -> dict:
+    """r(p), r(p+), r(p-) and SRP = r(p+) - r(p-) of images (B, 3, H, W); means over the batch."""
+    prompt = require_prompt(prompt)
+    reward = models.reward
+    f = reward.image_features(images)
+    t = reward.text_features([prompt, srp.augment(prompt, pos), srp.augment(prompt, neg)]).to(f.device)
+    r, rp, rn = (float(srp.plain(f, ti.expand_as(f), reward.scale).mean()) for ti in t)
+    return {"reward": r, "reward_pos": rp, "reward_neg": rn, "srp": rp - rn,
+            "unknown_words": sorted(set(reward.unknown_words(f"{pos} {neg} {prompt}")))}
+
+
+def evaluate(models: Models, cfg: RunConfig, prompts: list[str], seeds: int) -> dict:
+    """Mean plain and SRP reward over prompts x seeds (seed i for every prompt)."""
+    rewards, srps = [], []
+    pos, neg = srp.pick_words(cfg.pos_words, 0), srp.pick_words(cfg.neg_words, 0)
+    for prompt in prompts:
+        images = generate(models, cfg, [prompt] * seeds, cfg.seed)
+        s = score(models, images, prompt, pos, neg)
+        rewards.append(s["reward"])
+        srps.append(s["srp"])
+    return {"n": len(prompts) * seeds, "reward_mean": sum(rewards) / len(rewards), "srp_mean": sum(srps) / len(srps)}

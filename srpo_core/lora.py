@@ -1,0 +1,36 @@
+"""LoRA adapters (peft, through diffusers' add_adapter) and optimizers (torch / bitsandbytes)."""
+
+import torch
+from diffusers.optimization import get_scheduler
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from .config import RunConfig
+
+
+def add_lora(transformer: torch.nn.Module, cfg: RunConfig, default_targets: list[str]) -> list[torch.nn.Parameter]:
+    """Freeze the base weights, add a LoRA adapter, and return the trainable LoRA parameters."""
+    transformer.requires_grad_(False)
+    transformer.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                       target_modules=cfg.lora_targets or default_targets, init_lora_weights="gaussian"))
+    params = [p for n, p in transformer.named_parameters() if "lora" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: RunConfig) -> torch.optim.Optimizer:
+    kw = dict(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, **kw)
+    import bitsandbytes as bnb  # heavy; imported only when an 8-bit optimizer is chosen
+    cls = bnb.optim.AdamW8bit if cfg.optimizer == "adamw8bit" else bnb.optim.PagedAdamW8bit
+    return cls(params, **kw)
+
+
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig):
+    return get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)

@@ -1,0 +1,6 @@
+"""Reward models behind one protocol (`base.Reward`)."""
+
+from .base import Reward, preprocess
+from .clip import ClipReward
+
+__all__ = ["ClipReward", "Reward", "preprocess"]

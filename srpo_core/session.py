@@ -1,0 +1,179 @@
+"""A tuning session: an iterator of typed events with stop().
+
+    session = Session(config.load("tiny", ["steps=5"]), runs_root="runs")
+    for event in session:          # Started, StepMetrics..., Preview..., Checkpoint..., Finished | Failed
+        ...
+"""
+
+import math
+import os
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from PIL import Image
+
+from . import methods, srp
+from .config import ConfigError, RunConfig
+from .events import Checkpoint, Event, Failed, Finished, Preview, Started, StepMetrics
+from .lora import add_lora, lora_state_dict, make_lr_scheduler, make_optimizer
+from .models import Models, build
+from .store import RunStore, check_writable, from_pil, save_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"prompts file {path} is not UTF-8 text; save it as UTF-8, one prompt a line.") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read prompts file {path} ({e.strerror}).") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError(f"prompts file {path} has no prompts; write one prompt a line.")
+    return prompts
+
+
+def training_prompts(cfg: RunConfig) -> list[str]:
+    from .toy.vocab import default_prompts
+    return read_prompts_file(cfg.prompts_file) if cfg.prompts_file else (cfg.prompts or default_prompts())
+
+
+def load_images(folder: str | Path, resolution: int) -> torch.Tensor:
+    """Every image in a folder, center-cropped and resized to resolution: (N, 3, R, R) in [0, 1]."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"images_dir {folder} is not a folder.")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"images_dir {folder} holds no images (allowed: {', '.join(sorted(IMAGE_SUFFIXES))}).")
+    return torch.stack([from_pil(Image.open(p), resolution) for p in files])
+
+
+class Session:
+    def __init__(self, cfg: RunConfig, runs_root: str | Path = "runs", preset: str = "", models: Models | None = None):
+        self.cfg, self.runs_root, self.preset = cfg, Path(runs_root), preset
+        self.models = models
+        self.store: RunStore | None = None
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask the session to end after the step in progress; the run directory stays valid."""
+        self._stop.set()
+
+    def __iter__(self):
+        try:
+            yield from self._run()
+        except ConfigError as e:
+            yield self._fail(str(e))
+        except Exception as e:  # a failed run must still end with a readable directory and an event
+            yield self._fail(f"{type(e).__name__}: {e}")
+
+    def _fail(self, message: str) -> Failed:
+        if self.store:
+            self.store.set_status("failed", error=message)
+        return Failed(message, self.store.dir if self.store else None)
+
+    def _setup(self):
+        """Everything that can refuse bad input runs before the run directory exists."""
+        cfg = self.cfg
+        check_writable(self.runs_root)
+        prompts = training_prompts(cfg)
+        images = load_images(cfg.images_dir, cfg.resolution) if cfg.images_dir else None
+        torch.manual_seed(cfg.seed)
+        self.models = self.models or build(cfg)
+        backend = self.models.backend
+        mp = "bf16" if cfg.mixed_precision == "auto" and backend.device.type == "cuda" else \
+            ("no" if cfg.mixed_precision == "auto" else cfg.mixed_precision)
+        self.accelerator = Accelerator(mixed_precision=mp, cpu=backend.device.type == "cpu")
+        self.params = add_lora(backend.transformer, cfg, backend.lora_targets)
+        self.optimizer = make_optimizer(self.params, cfg)
+        self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg)
+        bank = backend.encode_images(images) if images is not None else None
+        self.ctx = methods.Context(backend, self.models.reward, cfg, bank)
+        self.recipe = methods.RECIPES[cfg.method]
+        self.prompts = prompts
+
+    def _run(self):
+        cfg = self.cfg
+        self._setup()
+        self.store = RunStore.create(self.runs_root, cfg, self.preset)
+        derived = {"images_per_step": cfg.batch_size * cfg.grad_accum, "dsigma": round(cfg.dsigma, 5),
+                   "trainable_params": sum(p.numel() for p in self.params), "prompts": len(self.prompts),
+                   "device": str(self.ctx.backend.device), "mixed_precision": self.accelerator.mixed_precision}
+        yield Started(self.store.dir, cfg.to_dict(), derived)
+        rng = random.Random(cfg.seed)
+        last: dict = {}
+        step = 0
+        for step in range(1, cfg.steps + 1):
+            if self._stop.is_set():
+                step -= 1
+                break
+            last = self._step(step, rng)
+            self.store.append_metrics(last)
+            self.store.set_status("running", step=step)
+            yield StepMetrics(step, cfg.steps, last)
+            if cfg.preview_every and step % cfg.preview_every == 0:
+                yield Preview(step, self._preview(step))
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                yield Checkpoint(step, self._save_lora())
+        stopped = step < cfg.steps
+        yield Checkpoint(step, self._save_lora())
+        rows = self.store.metrics()
+        summary = {"steps": step, "reward_first": rows[0]["reward"] if rows else None,
+                   "reward_last": rows[-1]["reward"] if rows else None,
+                   "srp_last": rows[-1]["srp"] if rows else None,
+                   "seconds": round(sum(r["seconds"] for r in rows), 3)}
+        self.store.write_card(cfg, self.preset, summary)
+        self.store.set_status("stopped" if stopped else "finished", step=step, summary=summary)
+        yield Finished(self.store.dir, summary, stopped)
+
+    def _step(self, step: int, rng: random.Random) -> dict:
+        cfg, t0 = self.cfg, time.perf_counter()
+        totals: dict[str, list[torch.Tensor]] = {"reward": [], "srp": [], "sigma": [], "loss": []}
+        for micro in range(cfg.grad_accum):
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + micro)
+            mb = methods.MicroBatch([rng.choice(self.prompts) for _ in range(cfg.batch_size)],
+                                    srp.pick_words(cfg.pos_words, step - 1), srp.pick_words(cfg.neg_words, step - 1), gen)
+            with self.accelerator.autocast():
+                for branch in self.recipe(self.ctx, mb):
+                    self.accelerator.backward(branch.loss / cfg.grad_accum)
+                    for key in ("reward", "srp", "sigma"):
+                        totals[key].append(getattr(branch, key).float())
+                    totals["loss"].append(branch.loss.detach().float().reshape(1) / cfg.grad_accum)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, max_norm)
+        lr = self.lr_scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = {k: float(torch.cat(v).mean()) for k, v in totals.items()}
+        stats["loss"] = float(torch.cat(totals["loss"]).sum())
+        return {"step": step, **{k: (None if math.isnan(v) else v) for k, v in stats.items()},
+                "grad_norm": float(grad_norm), "lr": lr, "seconds": round(time.perf_counter() - t0, 4)}
+
+    def _preview(self, step: int) -> Path:
+        prompt = self.cfg.preview_prompt or self.prompts[0]
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        cond = self.ctx.backend.encode_prompts([prompt])
+        with torch.no_grad(), self.accelerator.autocast():
+            image = self.ctx.backend.decode(methods.sample(self.ctx, cond, self.ctx.noise(1, gen)))[0]
+        return save_image(image, self.store.preview_path(step))
+
+    def _save_lora(self) -> Path:
+        """Write the weights in a scratch folder, then rename them into place (never half-written)."""
+        with tempfile.TemporaryDirectory(dir=self.store.dir, prefix=".lora-") as scratch:
+            written = self.ctx.backend.save_lora(Path(scratch), lora_state_dict(self.ctx.backend.transformer))
+            os.replace(written, self.store.lora_path)
+        return self.store.lora_path
+
+
+def run(cfg: RunConfig, runs_root: str | Path = "runs", preset: str = "") -> list[Event]:
+    """Drive a session to the end and return its events (scripts and tests)."""
+    return list(Session(cfg, runs_root, preset))

@@ -1,0 +1,54 @@
+"""Semantic Relative Preference: control-word prompts and reward combinations (SRPO paper, section 3.2).
+
+Image features f (B, D) and text features t (B, D) are L2-normalized; `scale` is the reward's
+logit scale (1 for HPS-like cosine rewards).
+"""
+
+import torch
+
+
+def augment(prompt: str, word: str) -> str:
+    """Prefix a control word: augment("a red circle", "Detailed") == "Detailed. a red circle"."""
+    return f"{word}. {prompt}" if word else prompt
+
+
+def plain(f: torch.Tensor, t: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Plain reward r(x, p) = scale * <f, t(p)>, shape (B,)."""
+    return scale * (f * t).sum(-1)
+
+
+def relative(f: torch.Tensor, t_pos: torch.Tensor, t_neg: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Relative reward r_SRP = r(x, p+) - r(x, p-) = scale * <f, t(p+) - t(p-)>, shape (B,)."""
+    return scale * (f * (t_pos - t_neg)).sum(-1)
+
+
+def cfg_like(f: torch.Tensor, t_pos: torch.Tensor, t_neg: torch.Tensor, k, scale: float = 1.0) -> torch.Tensor:
+    """Reference form scale * <f, (1 + k) t(p+) - t(p-)>, shape (B,); k is a float or (B,) tensor.
+
+    k = 0 gives `relative`; the inversion branch calls it with p+ and p- swapped.
+    """
+    k = torch.as_tensor(k, dtype=f.dtype, device=f.device).reshape(-1, 1) if torch.is_tensor(k) else k
+    return scale * (f * ((1 + k) * t_pos - t_neg)).sum(-1)
+
+
+def k_schedule(bounds: tuple[float, float], index: torch.Tensor, grid_len: int) -> torch.Tensor:
+    """Reference k at training-grid indices: linspace(bounds[0], bounds[1], grid_len)[index].
+
+    The reference indexes its k tables from the lowest sigma, so position = grid_len - 1 - index
+    on our grid (index 0 = highest sigma). k_d = (0.1, 0.25), k_i = (0.3, 0.01).
+    """
+    table = torch.linspace(bounds[0], bounds[1], grid_len)
+    return table[grid_len - 1 - index.cpu()]
+
+
+def lambda_weight(sigma: torch.Tensor, sigma_max: float) -> torch.Tensor:
+    """The paper's decaying discount lambda(t) = sigma / sigma_max, in (0, 1].
+
+    It shrinks the reward's weight toward late (low-noise) timesteps, where reward hacking starts.
+    """
+    return sigma / sigma_max
+
+
+def pick_words(words: list[str], step: int) -> str:
+    """Round-robin choice of one control word per step (the reference's scheme); '' if none."""
+    return words[step % len(words)] if words else ""

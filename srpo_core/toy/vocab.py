@@ -1,0 +1,22 @@
+"""The toy world's words: the caption grammar `[<Style words>. ]a [<size> ]<color> <shape> on <background>`."""
+
+STYLE_AXES = {
+    "lighting": ("bright", "dark"),
+    "surface": ("detailed", "smooth"),
+    "palette": ("vivid", "muted"),
+}
+SIZES = ("small", "large")
+COLORS = ("red", "green", "blue", "yellow")
+SHAPES = ("circle", "square", "triangle")
+BACKGROUNDS = ("sky", "grass", "sand", "snow")
+SPECIAL = ("[PAD]", "[UNK]", "[EOS]")
+GLUE = ("a", "on", ".", ",")
+
+WORDS = tuple(w for pair in STYLE_AXES.values() for w in pair) + SIZES + COLORS + SHAPES + BACKGROUNDS + GLUE
+VOCAB = {token: i for i, token in enumerate(SPECIAL + WORDS)}
+MAX_TOKENS = 16
+
+
+def default_prompts() -> list[str]:
+    """One caption per color x shape x background: the built-in training prompts."""
+    return [f"a {c} {s} on {b}" for b in BACKGROUNDS for s in SHAPES for c in COLORS]
