@@ -18,7 +18,10 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 DEFAULT_PRESET = "tiny"
 
 Backend = Literal["tiny", "flux", "sd3"]
-RewardName = Literal["tiny-clip", "clip"]
+RewardName = Literal["tiny-clip", "hpsv2.1", "pickscore", "clip", "openclip", "aesthetic"]
+Quantization = Literal["none", "nf4", "int8"]
+WeightsDtype = Literal["auto", "fp32", "bf16"]
+VaeDecode = Literal["full", "checkpoint", "tiled", "sliced"]
 Method = Literal["srpo", "direct-align", "refl", "draft"]
 Optimizer = Literal["adamw", "adamw8bit", "paged-adamw8bit"]
 LrSchedule = Literal["constant", "constant_with_warmup", "linear", "cosine"]
@@ -41,10 +44,17 @@ def _f(default, help: str, group: str, advanced: bool = False, **kw):
 @dataclass
 class RunConfig:
     # model
-    backend: Backend = _f("tiny", "Generator family: 'tiny' builds random tiny FLUX-family models in code.", "model")
+    backend: Backend = _f("tiny", "Generator family: tiny (random FLUX-family models built in code), flux (any FluxPipeline), "
+                          "sd3 (StableDiffusion3Pipeline).", "model")
     model: str = _f("", "Hub id or local diffusers directory of the generator ('' = built in code).", "model")
-    reward: RewardName = _f("tiny-clip", "Reward model family.", "model")
-    reward_model: str = _f("", "Hub id or local directory of the reward model ('' = built in code).", "model")
+    reward: RewardName = _f("tiny-clip", "Reward model: tiny-clip, hpsv2.1 (open_clip), pickscore and clip (transformers), "
+                                         "openclip (any open_clip checkpoint); aesthetic is image-only, a metric.", "model")
+    reward_model: str = _f("", "Hub id, local directory or checkpoint file of the reward model ('' = built in code, "
+                               "or the family's hub repo).", "model")
+    reward_arch: str = _f("", "open_clip architecture of hpsv2.1/openclip rewards ('' = ViT-H-14), or a path to an "
+                              "open_clip model-config JSON.", "model", True)
+    reward_tokenizer: str = _f("", "Hub id or directory of the reward's tokenizer ('' = the reward model's own).", "model", True)
+    max_sequence_length: int = _f(0, "T5 tokens per prompt (0 = the family default: FLUX.1 512, SD3 256).", "model", True)
     # method
     method: Method = _f("srpo", "Loss recipe: srpo, direct-align (plain reward), refl, draft.", "method")
     pos_words: list[str] = _f(["Detailed"], "Positive control words, one used per step (round robin).", "method")
@@ -66,6 +76,15 @@ class RunConfig:
     batch_size: int = _f(1, "Images per micro-batch.", "training")
     mixed_precision: Precision = _f("auto", "auto = bf16 on GPU, fp32 on CPU.", "training", True)
     device: Device = _f("auto", "Where to run: auto picks CUDA when available.", "training", True)
+    # memory (one GPU)
+    weights_dtype: WeightsDtype = _f("auto", "dtype of the frozen weights: auto = bf16 on GPU, fp32 on CPU.", "memory", True)
+    quantization: Quantization = _f("none", "bitsandbytes quantization of the frozen transformer (CUDA only).", "memory")
+    gradient_checkpointing: bool = _f(False, "Recompute transformer activations in backward (less memory, ~30% slower).",
+                                      "memory")
+    free_text_encoders: bool = _f(False, "Encode the prompt list once, then drop the text encoders (no new prompts "
+                                         "after launch).", "memory", True)
+    vae_decode: VaeDecode = _f("full", "Reward-path VAE decode: full, checkpoint (recompute in backward), tiled or "
+                                       "sliced.", "memory", True)
     # lora
     lora_rank: int = _f(8, "LoRA rank.", "lora")
     lora_alpha: float = _f(8.0, "LoRA alpha (scale = alpha / rank).", "lora", True)
@@ -96,7 +115,7 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be greater than 0 (got {getattr(self, name)}).")
-        for name in ["weight_decay", "grad_clip", "lora_dropout", "warmup_steps", "preview_every", "checkpoint_every"]:
+        for name in ["weight_decay", "grad_clip", "max_sequence_length", "lora_dropout", "warmup_steps", "preview_every", "checkpoint_every"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or greater (got {getattr(self, name)}).")
         lo, hi = self.train_sigma_range
@@ -114,6 +133,13 @@ class RunConfig:
             raise ConfigError("method srpo needs at least one positive and one negative control word.")
         if self.method == "draft" and self.late_steps > self.rollout_steps:
             raise ConfigError(f"late_steps ({self.late_steps}) must not exceed rollout_steps ({self.rollout_steps}).")
+        if self.reward == "aesthetic":
+            raise ConfigError("reward aesthetic is not text-conditioned, so it cannot score r(x, p+) - r(x, p-) or any "
+                              "prompt-matched reward; train with hpsv2.1, pickscore, clip or openclip and use "
+                              "aesthetic as an evaluation metric (rewards.AestheticScorer).")
+        if self.quantization != "none" and self.backend == "tiny":
+            raise ConfigError("quantization needs a model loaded from a directory or hub id (backend flux or sd3), "
+                              "not the tiny models built in code.")
         for p in self.prompts:
             if not p.strip():
                 raise ConfigError("prompts must not contain empty or whitespace-only entries.")

@@ -1,18 +1,32 @@
 """Build the generator backend and the reward model a config names.
 
-Local directories load directly; a hub id downloads through huggingface_hub (with its progress
-bars) only when a user asks for that model, and fails with a clear message when offline.
+Local directories and files load directly; a hub id downloads through huggingface_hub (with its
+progress bars and the user's stored token) only when a user asks for that model, and fails with one
+sentence naming the repo and what to do.
 """
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .backends import Backend, FluxBackend
+from .backends import Backend, FluxBackend, SD3Backend
 from .config import ConfigError, RunConfig
-from .rewards import ClipReward, Reward
+from .rewards import ClipReward, OpenClipReward, Reward
+from .rewards.openclip import architecture as open_clip_architecture
 from .toy import tiny
+
+# model_index.json `_class_name` -> (config backend, backend class); FLUX.1-dev/schnell/Krea-dev are FluxPipelines
+FAMILIES = {"FluxPipeline": ("flux", FluxBackend), "StableDiffusion3Pipeline": ("sd3", SD3Backend)}
+SUPPORTED = "FluxPipeline (backend flux) or StableDiffusion3Pipeline (backend sd3)"
+
+HPS_REPO, HPS_FILE = "xswu/HPSv2", "HPS_v2.1_compressed.pt"
+REWARD_DEFAULTS = {"pickscore": "yuvalkirstain/PickScore_v1", "clip": "openai/clip-vit-large-patch14",
+                   "openclip": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "hpsv2.1": HPS_REPO}
+# PickScore's model card loads its processor from the laion repo it was fine-tuned from
+REWARD_TOKENIZERS = {"pickscore": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}
+OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 @dataclass
@@ -27,41 +41,193 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
+def weights_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype:
+    """bf16 on GPU by default; refuse bf16 where the GPU lacks it (pre-Ampere) instead of running slowly or wrongly."""
+    wants_bf16 = cfg.weights_dtype == "bf16" or cfg.mixed_precision == "bf16"
+    if wants_bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"bf16 was requested but {torch.cuda.get_device_name(device)} does not support it; "
+                          "set weights_dtype=fp32 and mixed_precision=no.")
+    if cfg.weights_dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if cfg.weights_dtype == "bf16" else torch.float32
+
+
+def _hub_error(e: Exception, repo: str, what: str) -> ConfigError:
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
+    if isinstance(e, GatedRepoError):
+        hint = "it is gated: accept its licence on huggingface.co and log in with `hf auth login`"
+    elif isinstance(e, RepositoryNotFoundError):
+        hint = "no such repo (or it is private): check the id, or log in with `hf auth login`"
+    elif isinstance(e, EntryNotFoundError):
+        hint = "the repo lacks the expected file"
+    elif isinstance(e, LocalEntryNotFoundError):
+        hint = "it is not in the local cache and the hub cannot be reached (offline)"
+    else:
+        hint = f"the download failed ({type(e).__name__})"
+    return ConfigError(f"cannot load {what} {repo!r}: {hint}; or pass a local path instead.")
+
+
 def resolve(name: str, what: str) -> Path:
-    """A local directory as is, else a hub snapshot downloaded on request."""
+    """A local directory as is, else a hub snapshot downloaded on request (for pipelines only the folders
+    model_index.json lists: FLUX/SD3 repos also hold multi-GB single-file checkpoints we do not read)."""
     if not name:
         raise ConfigError(f"{what} needs a hub id or a local directory.")
     if Path(name).is_dir():
         return Path(name)
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download
     try:
-        return Path(snapshot_download(name))
-    except Exception as e:  # hub errors come in many classes (offline, gated, missing); all mean "cannot get it"
-        raise ConfigError(f"cannot load {what} {name!r}: not a local directory and the download failed "
-                          f"({type(e).__name__}); check the id, your network, or pass a local directory.") from None
+        try:
+            index = json.loads(Path(hf_hub_download(name, "model_index.json")).read_text())
+            patterns = ["model_index.json"] + [f"{k}/*" for k, v in index.items() if isinstance(v, list)]
+        except Exception as e:  # a plain model repo has no model_index.json: take it whole
+            if "EntryNotFound" not in type(e).__name__:
+                raise
+            patterns = None
+        return Path(snapshot_download(name, allow_patterns=patterns))
+    except ConfigError:
+        raise
+    except Exception as e:  # hub errors come in many classes (offline, gated, missing); each gets one sentence
+        raise _hub_error(e, name, what) from None
+
+
+def resolve_file(name: str, filenames: tuple[str, ...], what: str) -> Path:
+    """A local file, a file of `filenames` inside a local directory, or that file downloaded from a hub repo."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for f in filenames:
+            if (path / f).is_file():
+                return path / f
+        raise ConfigError(f"{what} directory {path} holds none of {', '.join(filenames)}.")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    error: Exception | None = None
+    for f in filenames:
+        try:
+            return Path(hf_hub_download(name, f))
+        except EntryNotFoundError as e:  # try the next known file name
+            error = e
+        except Exception as e:
+            raise _hub_error(e, name, what) from None
+    raise _hub_error(error, name, what)
+
+
+def pipeline_family(path: Path) -> str:
+    """The `_class_name` of a diffusers directory; the tiny world's layout has no model_index.json."""
+    index = path / "model_index.json"
+    if not index.is_file():
+        if (path / "transformer").is_dir() and (path / "text_encoder").is_dir():
+            return "FluxPipeline"
+        raise ConfigError(f"{path} has no model_index.json, so it is not a diffusers pipeline; "
+                          f"supported: {SUPPORTED}.")
+    name = json.loads(index.read_text()).get("_class_name", "")
+    if name not in FAMILIES:
+        raise ConfigError(f"{path} holds a {name or 'pipeline without _class_name'}, which is not supported; "
+                          f"supported: {SUPPORTED}.")
+    return name
+
+
+def quantized_transformer(cls, path: Path, cfg: RunConfig, device: torch.device, dtype: torch.dtype):
+    """The frozen transformer through diffusers' bitsandbytes integration (NF4 or LLM.int8), LoRA goes on top."""
+    if device.type != "cuda":
+        raise ConfigError(f"quantization {cfg.quantization} needs a CUDA GPU (bitsandbytes' 4/8-bit kernels); "
+                          "set quantization=none on this device.")
+    from diffusers import BitsAndBytesConfig
+    q = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+         if cfg.quantization == "nf4" else BitsAndBytesConfig(load_in_8bit=True))
+    return cls.from_pretrained(path, subfolder="transformer", quantization_config=q, dtype=dtype)
+
+
+def load_backend(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Backend:
+    if cfg.backend == "tiny":
+        parts = tiny.generator_parts()
+        return FluxBackend(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"], device,
+                           vae_mode=cfg.vae_decode)
+    path = resolve(cfg.model, "model")
+    family, cls = FAMILIES[pipeline_family(path)]
+    if family != cfg.backend:
+        raise ConfigError(f"model {cfg.model!r} is a {pipeline_family(path)}; set backend={family}.")
+    transformer = None
+    if cfg.quantization != "none":
+        from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+        model_cls = FluxTransformer2DModel if family == "flux" else SD3Transformer2DModel
+        transformer = quantized_transformer(model_cls, path, cfg, device, dtype)
+    return cls.from_pretrained(path, device, dtype, transformer, cfg.max_sequence_length, cfg.vae_decode)
+
+
+def load_reward(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Reward:
+    if cfg.reward == "tiny-clip":
+        parts = tiny.reward_parts()
+        return ClipReward(parts["model"], parts["tokenizer"], use_logit_scale=False, device=device)
+    name = cfg.reward_model or REWARD_DEFAULTS[cfg.reward]
+    if cfg.reward in ("hpsv2.1", "openclip"):
+        files = (HPS_FILE,) if cfg.reward == "hpsv2.1" else OPEN_CLIP_FILES
+        checkpoint = resolve_file(name, files, "reward_model")
+        return OpenClipReward.from_checkpoint(checkpoint, cfg.reward_arch, use_logit_scale=cfg.reward == "openclip",
+                                              device=device, dtype=dtype)
+    # a local reward_model brings its own tokenizer; the default hub one uses the family's tokenizer repo
+    tokenizer = cfg.reward_tokenizer or ("" if cfg.reward_model else REWARD_TOKENIZERS.get(cfg.reward, ""))
+    return ClipReward.from_pretrained(resolve(name, "reward_model"), use_logit_scale=True, device=device, dtype=dtype,
+                                      tokenizer=resolve(tokenizer, "reward_tokenizer") if tokenizer else None)
 
 
 def build(cfg: RunConfig) -> Models:
     device = pick_device(cfg.device)
-    if cfg.backend == "tiny":
-        parts = tiny.generator_parts()
-        backend = FluxBackend(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"], device)
-    else:
-        backend = FluxBackend.from_pretrained(resolve(cfg.model, "model"), device)
-    if cfg.reward == "tiny-clip":
-        parts = tiny.reward_parts()
-        reward = ClipReward(parts["model"], parts["tokenizer"], use_logit_scale=False, device=device)
-    else:
-        reward = ClipReward.from_pretrained(resolve(cfg.reward_model, "reward_model"), use_logit_scale=True, device=device)
-    return Models(backend, reward)
+    dtype = weights_dtype(cfg, device)
+    backend = load_backend(cfg, device, dtype)
+    if cfg.gradient_checkpointing:
+        backend.transformer.enable_gradient_checkpointing()
+    return Models(backend, load_reward(cfg, device, dtype))
 
 
 def write_fixtures(out: str | Path) -> dict[str, Path]:
-    """Tiny random models in the on-disk formats the real loaders read: a FluxPipeline-layout
-    directory and a transformers CLIPModel directory."""
-    out = Path(out)
+    """Tiny random models in the on-disk formats the real loaders read, and one preset per backend x reward
+    under out/presets/ pointing at them. Returns the paths by name (`model` / `reward_model`: the tiny
+    world's FLUX layout and a transformers CLIP, kept for older callers)."""
+    out = Path(out).resolve()
     parts = tiny.generator_parts()
     FluxBackend(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"]).save_pretrained(out / "flux-tiny")
+    tiny.flux_pipeline().save_pretrained(out / "flux-pipeline-tiny")
+    tiny.sd3_pipeline().save_pretrained(out / "sd3-pipeline-tiny")
     r = tiny.reward_parts()
     ClipReward(r["model"], r["tokenizer"], use_logit_scale=True).save_pretrained(out / "clip-tiny")
-    return {"model": out / "flux-tiny", "reward_model": out / "clip-tiny"}
+    ClipReward(r["model"], r["tokenizer"], use_logit_scale=True).save_pretrained(out / "pickscore-tiny")
+    from transformers import CLIPImageProcessor  # PickScore's repo carries a processor config beside the model
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out / "pickscore-tiny")
+    arch = out / "open-clip-tiny.json"
+    arch.write_text(json.dumps(tiny.OPEN_CLIP_TINY, indent=2))
+    import open_clip
+    torch.manual_seed(2)
+    name = open_clip_architecture(str(arch))
+    (out / "hps-tiny").mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": open_clip.create_model(name, pretrained=None).state_dict()}, out / "hps-tiny" / HPS_FILE)
+    paths = {"model": out / "flux-tiny", "reward_model": out / "clip-tiny", "flux": out / "flux-pipeline-tiny",
+             "sd3": out / "sd3-pipeline-tiny", "hpsv2.1": out / "hps-tiny" / HPS_FILE,
+             "pickscore": out / "pickscore-tiny", "clip": out / "clip-tiny", "open_clip_arch": arch}
+    paths.update(write_fixture_presets(out, paths))
+    return paths
+
+
+def write_fixture_presets(out: Path, paths: dict[str, Path]) -> dict[str, Path]:
+    """presets/<backend>-<reward>.yaml: a 2-step SRPO session on the fixtures with the reference's
+    knobs scaled down (rollout steps, resolution, T5 length)."""
+    import yaml
+    rewards = {"hpsv2.1": {"reward_model": str(paths["hpsv2.1"]), "reward_arch": str(paths["open_clip_arch"])},
+               "openclip": {"reward_model": str(paths["hpsv2.1"]), "reward_arch": str(paths["open_clip_arch"])},
+               "pickscore": {"reward_model": str(paths["pickscore"])},
+               "clip": {"reward_model": str(paths["clip"])}}
+    written = {}
+    (out / "presets").mkdir(exist_ok=True)
+    for backend in ("flux", "sd3"):
+        for reward, extra in rewards.items():
+            preset = {"backend": backend, "model": str(paths[backend]), "reward": reward, **extra, "method": "srpo",
+                      "steps": 2, "rollout_steps": 2, "resolution": 32, "max_sequence_length": 16,
+                      "guidance": 3.5 if backend == "flux" else 2.0, "pos_words": ["Detailed"],
+                      "neg_words": ["Smooth"], "preview_every": 0, "prompts": ["a red circle on sky"]}
+            path = out / "presets" / f"{backend}-{reward}.yaml"
+            path.write_text(f"# Tiny fixture preset: {backend} generator, {reward} reward (srpo_core fixtures).\n"
+                            + yaml.safe_dump(preset, sort_keys=False))
+            written[f"preset:{backend}-{reward}"] = path
+    return written

@@ -1,10 +1,14 @@
-"""The generator protocol every backend implements (tiny, FLUX-family; SD3 later)."""
+"""The generator protocol every backend implements (FLUX family incl. the tiny models, SD3), and the
+VAE helpers they share."""
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
+from torch.utils.checkpoint import checkpoint
+
+from ..config import ConfigError
 
 
 @dataclass
@@ -20,6 +24,7 @@ class Backend(Protocol):
     device: torch.device
 
     def encode_prompts(self, prompts: list[str]) -> Cond: ...
+    def free_text_encoders(self, keep_prompts: list[str]) -> None: ...
     def latent_shape(self, resolution: int) -> tuple[int, int, int]: ...
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance: float) -> torch.Tensor: ...
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
@@ -27,3 +32,54 @@ class Backend(Protocol):
     def unknown_words(self, prompt: str) -> list[str]: ...
     def save_lora(self, directory: Path, state_dict: dict) -> Path: ...
     def load_lora(self, path: Path) -> None: ...
+
+
+class PromptCache:
+    """Per-prompt (embeds, pooled) of a frozen text stack; after `freeze` only cached prompts are served."""
+
+    def __init__(self, encode):
+        self._encode = encode  # list[str] -> (embeds (N, T, D), pooled (N, P))
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.frozen = False
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str]) -> Cond:
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if missing and self.frozen:
+            raise ConfigError(f"prompt {missing[0]!r} was not encoded before the text encoders were freed "
+                             "(free_text_encoders); add it to the prompt list or turn free_text_encoders off.")
+        if missing:
+            embeds, pooled = self._encode(missing)
+            self._cache.update((p, (e, q)) for p, e, q in zip(missing, embeds, pooled))
+        embeds, pooled = zip(*(self._cache[p] for p in prompts))
+        return Cond(torch.stack(embeds), torch.stack(pooled))
+
+    def freeze(self, keep_prompts: list[str]) -> None:
+        self(keep_prompts)
+        self.frozen = True
+
+
+def configure_vae(vae, mode: str) -> None:
+    """Tiling / slicing are diffusers' own memory modes; 'checkpoint' is applied per call in `vae_decode`."""
+    if mode == "tiled":
+        vae.enable_tiling()
+    elif mode == "sliced":
+        vae.enable_slicing()
+
+
+def vae_decode(vae, latents: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+    """Normalized latents (B, C, H, W) -> images in [0, 1], differentiable; with `checkpointed` the decoder's
+    activations are recomputed in backward instead of kept (the reward path's largest activation at 720 px)."""
+    cfg = vae.config
+    z = (latents / cfg.scaling_factor + (cfg.shift_factor or 0.0)).to(vae.dtype)
+    decode = lambda z: vae.decode(z).sample  # noqa: E731
+    x = checkpoint(decode, z, use_reentrant=False) if checkpointed and torch.is_grad_enabled() else decode(z)
+    return (x.float() / 2 + 0.5).clamp(0, 1)
+
+
+@torch.no_grad()
+def vae_encode(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] -> normalized latents (the mode of the VAE posterior)."""
+    cfg = vae.config
+    z = vae.encode((images * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mode()
+    return (z.float() - (cfg.shift_factor or 0.0)) * cfg.scaling_factor

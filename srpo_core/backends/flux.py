@@ -1,5 +1,7 @@
 """FLUX-family backend over diffusers' FluxTransformer2DModel + AutoencoderKL.
 
+Two text layouts: the real FluxPipeline one (CLIP-L gives the pooled vector, T5 the sequence; encoded
+by `FluxPipeline.encode_prompt` itself) and the tiny world's single CLIPTextModel giving both.
 Latents are kept unpacked, (B, C, H, W), normalized as FLUX does: (z - shift_factor) * scaling_factor;
 the 2x2 token packing happens inside `velocity`.
 """
@@ -11,36 +13,58 @@ from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 from transformers import AutoTokenizer, CLIPTextModel
 
 from ..tokens import unknown_words
-from .base import Cond
+from .base import Cond, PromptCache, configure_vae, vae_decode, vae_encode
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+MAX_SEQUENCE_LENGTH = 512  # FLUX.1-dev's T5 length (schnell uses 256)
 
 
 class FluxBackend:
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
     def __init__(self, transformer: FluxTransformer2DModel, vae: AutoencoderKL, text_encoder, tokenizer,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", pipe: FluxPipeline | None = None,
+                 max_sequence_length: int = MAX_SEQUENCE_LENGTH, vae_mode: str = "full"):
+        """`pipe` (a FluxPipeline sharing these modules) selects the real two-encoder layout."""
         self.device = torch.device(device)
-        self.transformer = transformer.to(self.device)
+        # a bitsandbytes-quantized transformer is placed on the GPU when loaded and refuses .to()
+        quantized = getattr(transformer, "is_quantized", False)
+        self.transformer = transformer if quantized else transformer.to(self.device)
         self.vae = vae.to(self.device).requires_grad_(False).eval()
         self.text_encoder = text_encoder.to(self.device).requires_grad_(False).eval()
         self.tokenizer = tokenizer
+        self.pipe = pipe
+        if pipe is not None:
+            pipe.text_encoder_2.to(self.device).requires_grad_(False).eval()
         self.transformer.requires_grad_(False)
         self.denoiser = self.transformer  # the module called in `velocity`; a session may swap in a DDP wrapper
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.vae_checkpointed = vae_mode == "checkpoint"
+        configure_vae(self.vae, vae_mode)
+        self.max_sequence_length = max_sequence_length
+        self.encode_prompts = PromptCache(self._encode_two if pipe is not None else self._encode_one)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device="cpu") -> "FluxBackend":
-        """Load a FluxPipeline-layout directory (transformer/, vae/, text_encoder/, tokenizer/)."""
+    def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
+                        transformer: FluxTransformer2DModel | None = None, max_sequence_length: int = 0,
+                        vae_mode: str = "full") -> "FluxBackend":
+        """A FluxPipeline directory (model_index.json; text_encoder_2 = T5) or the tiny world's layout
+        (transformer/, vae/, text_encoder/, tokenizer/). `transformer` replaces the stored one (quantized)."""
         path = Path(path)
-        return cls(FluxTransformer2DModel.from_pretrained(path / "transformer"),
-                   AutoencoderKL.from_pretrained(path / "vae"),
-                   CLIPTextModel.from_pretrained(path / "text_encoder"),
-                   AutoTokenizer.from_pretrained(path / "tokenizer"), device)
+        transformer = transformer or FluxTransformer2DModel.from_pretrained(path / "transformer", dtype=dtype)
+        if (path / "model_index.json").is_file():
+            pipe = FluxPipeline.from_pretrained(path, transformer=transformer, dtype=dtype)
+            return cls(transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, device, pipe,
+                       max_sequence_length or MAX_SEQUENCE_LENGTH, vae_mode)
+        return cls(transformer, AutoencoderKL.from_pretrained(path / "vae", dtype=dtype),
+                   CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype),
+                   AutoTokenizer.from_pretrained(path / "tokenizer"), device, vae_mode=vae_mode)
 
     def save_pretrained(self, path: str | Path) -> None:
+        """Write the layout this backend was loaded from (FluxPipeline's own save for the real one)."""
+        if self.pipe is not None:
+            self.pipe.save_pretrained(path)
+            return
         path = Path(path)
         self.transformer.save_pretrained(path / "transformer")
         self.vae.save_pretrained(path / "vae")
@@ -50,47 +74,50 @@ class FluxBackend:
     def unknown_words(self, prompt: str) -> list[str]:
         return unknown_words(self.tokenizer, prompt)
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> Cond:
-        """Frozen text encoder; each prompt is encoded once and cached."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
-        if missing:
-            ids = self.tokenizer(missing, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
-            out = self.text_encoder(input_ids=ids)
-            for i, p in enumerate(missing):
-                self._prompt_cache[p] = (out.last_hidden_state[i], out.pooler_output[i])
-        embeds, pooled = zip(*(self._prompt_cache[p] for p in prompts))
-        return Cond(torch.stack(embeds), torch.stack(pooled))
+    def _encode_one(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        out = self.text_encoder(input_ids=ids)
+        return out.last_hidden_state, out.pooler_output
+
+    def _encode_two(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, pooled, _ = self.pipe.encode_prompt(prompts, device=self.device,
+                                                    max_sequence_length=self.max_sequence_length)
+        return embeds, pooled
+
+    def free_text_encoders(self, keep_prompts: list[str]) -> None:
+        """Encode `keep_prompts` once, then drop the encoders (T5-XXL alone is 9.5 GB in bf16)."""
+        self.encode_prompts.freeze(keep_prompts)
+        self.text_encoder = None
+        if self.pipe is not None:
+            self.pipe.text_encoder = self.pipe.text_encoder_2 = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         side = resolution // self.vae_scale
         return self.vae.config.latent_channels, side, side
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance: float = 1.0) -> torch.Tensor:
-        """v_theta(x, sigma, c) ~ eps - x0 for unpacked latents x (B, C, H, W) and sigma (B,) in [0, 1]."""
+        """v_theta(x, sigma, c) ~ eps - x0 for unpacked latents x (B, C, H, W) and sigma (B,) in [0, 1];
+        `guidance` feeds FLUX.1-dev's guidance embedding (models without one ignore it)."""
         b, c, h, w = x.shape
-        packed = FluxPipeline._pack_latents(x, b, c, h, w)
-        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype)
-        txt_ids = torch.zeros(cond.embeds.shape[1], 3, device=x.device, dtype=x.dtype)
-        g = torch.full((b,), guidance, device=x.device, dtype=x.dtype) if self.transformer.config.guidance_embeds else None
-        out = self.denoiser(hidden_states=packed, timestep=sigma.to(x.dtype).expand(b), guidance=g,
-                            pooled_projections=cond.pooled.to(x.dtype), encoder_hidden_states=cond.embeds.to(x.dtype),
+        dtype = self.transformer.dtype if x.dtype == torch.float32 else x.dtype
+        packed = FluxPipeline._pack_latents(x, b, c, h, w).to(dtype)
+        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x.device, dtype)
+        txt_ids = torch.zeros(cond.embeds.shape[1], 3, device=x.device, dtype=dtype)
+        g = torch.full((b,), guidance, device=x.device, dtype=dtype) if self.transformer.config.guidance_embeds else None
+        out = self.denoiser(hidden_states=packed, timestep=sigma.to(dtype).expand(b), guidance=g,
+                            pooled_projections=cond.pooled.to(dtype), encoder_hidden_states=cond.embeds.to(dtype),
                             txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
-        return FluxPipeline._unpack_latents(out, h * self.vae_scale, w * self.vae_scale, self.vae_scale)
+        return FluxPipeline._unpack_latents(out, h * self.vae_scale, w * self.vae_scale, self.vae_scale).to(x.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (B, C, H, W) -> images (B, 3, H * s, W * s) in [0, 1], differentiable."""
-        cfg = self.vae.config
-        z = latents / cfg.scaling_factor + (cfg.shift_factor or 0.0)
-        return (self.vae.decode(z.to(self.vae.dtype)).sample.float() / 2 + 0.5).clamp(0, 1)
+        return vae_decode(self.vae, latents, self.vae_checkpointed)
 
-    @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1] -> normalized latents (the mode of the VAE posterior)."""
-        cfg = self.vae.config
-        z = self.vae.encode((images * 2 - 1).to(self.device, self.vae.dtype)).latent_dist.mode()
-        return (z.float() - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
+        return vae_encode(self.vae, images)
 
     def save_lora(self, directory: Path, state_dict: dict) -> Path:
         FluxPipeline.save_lora_weights(directory, transformer_lora_layers=state_dict, weight_name=LORA_WEIGHTS)

@@ -1,6 +1,8 @@
-"""Reward models behind one protocol (`base.Reward`)."""
+"""Reward models behind one protocol (`base.Reward`), plus the image-only aesthetic metric."""
 
+from .aesthetic import AestheticHead, AestheticScorer
 from .base import Reward, preprocess
 from .clip import ClipReward
+from .openclip import OpenClipReward
 
-__all__ = ["ClipReward", "Reward", "preprocess"]
+__all__ = ["AestheticHead", "AestheticScorer", "ClipReward", "OpenClipReward", "Reward", "preprocess"]

@@ -20,9 +20,11 @@ class ClipReward:
         self._text_cache: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, use_logit_scale: bool = True, device="cpu") -> "ClipReward":
-        path = Path(path)
-        return cls(CLIPModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), use_logit_scale, device)
+    def from_pretrained(cls, path: str | Path, use_logit_scale: bool = True, device="cpu",
+                        dtype: torch.dtype = torch.float32, tokenizer: str | Path | None = None) -> "ClipReward":
+        """A transformers CLIPModel directory; `tokenizer` names another directory when the model has none."""
+        return cls(CLIPModel.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(tokenizer or path),
+                   use_logit_scale, device)
 
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(path)

@@ -57,3 +57,58 @@ def reward_parts(seed: int = 1) -> dict:
                            image_size=32, patch_size=8, projection_dim=WIDTH),
         projection_dim=WIDTH)
     return {"model": CLIPModel(config), "tokenizer": word_tokenizer()}
+
+
+def _t5(seed: int):
+    from transformers import T5Config, T5EncoderModel
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=len(VOCAB), d_model=WIDTH, d_kv=16, d_ff=2 * WIDTH, num_layers=1,
+                                   num_heads=2, feed_forward_proj="gated-gelu", pad_token_id=VOCAB["[PAD]"],
+                                   eos_token_id=VOCAB["[EOS]"], decoder_start_token_id=VOCAB["[PAD]"]))
+
+
+def flux_pipeline(seed: int = 0):
+    """A tiny FluxPipeline in the real layout: CLIP-L stand-in (pooled), T5 stand-in (sequence), guidance embedding."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    parts = generator_parts(seed)
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=WIDTH, pooled_projection_dim=WIDTH, guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=parts["vae"],
+                        text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], text_encoder_2=_t5(seed),
+                        tokenizer_2=word_tokenizer(), transformer=transformer)
+
+
+def sd3_pipeline(seed: int = 0):
+    """A tiny StableDiffusion3Pipeline with SD3.5's features (16-channel VAE without quant convs, dual attention,
+    RMS qk-norm): CLIP-L and CLIP-G stand-ins (16 + 16 = 32-d pooled), T5 stand-in (32-d sequence)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+    torch.manual_seed(seed)
+    half = WIDTH // 2
+    clip_config = CLIPTextConfig(**{**_text_config().to_dict(), "hidden_size": half, "projection_dim": half,
+                                    "intermediate_size": WIDTH, "num_hidden_layers": 2})
+    return StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel(
+            sample_size=16, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+            joint_attention_dim=WIDTH, caption_projection_dim=WIDTH, pooled_projection_dim=WIDTH, out_channels=16,
+            pos_embed_max_size=32, dual_attention_layers=(0,), qk_norm="rms_norm"),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), latent_channels=16,
+            layers_per_block=1, norm_num_groups=8, sample_size=32, scaling_factor=1.5305, shift_factor=0.0609,
+            use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=CLIPTextModelWithProjection(clip_config), tokenizer=word_tokenizer(),
+        text_encoder_2=CLIPTextModelWithProjection(clip_config), tokenizer_2=word_tokenizer(),
+        text_encoder_3=_t5(seed), tokenizer_3=word_tokenizer())
+
+
+# An open_clip architecture config (the format of open_clip/model_configs/ViT-H-14.json) that stands in for
+# ViT-H-14 in HPS-format fixtures; its text tower keeps open_clip's BPE vocabulary so get_tokenizer works offline.
+OPEN_CLIP_TINY = {
+    "embed_dim": WIDTH,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": WIDTH, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": WIDTH, "heads": 2, "layers": 1},
+}
