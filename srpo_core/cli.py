@@ -44,7 +44,10 @@ def cmd_train(args) -> int:
     from .session import Session
     cfg = _cfg(args)
     bar = None
-    for event in Session(cfg, args.out, preset=args.preset):
+    session = Session(cfg, args.out, preset=args.preset)
+    for event in session:
+        if not getattr(session, "accelerator", None) or not session.accelerator.is_main_process:
+            continue  # under `accelerate launch`, the main process alone reports
         if isinstance(event, Started):
             if not args.json:
                 print(f"run {event.run_dir}  " + "  ".join(f"{k}={v}" for k, v in event.derived.items()), file=sys.stderr)

@@ -14,14 +14,15 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import broadcast_object_list
 from PIL import Image
 
 from . import methods, srp
 from .config import ConfigError, RunConfig
 from .events import Checkpoint, Event, Failed, Finished, Preview, Started, StepMetrics
 from .lora import add_lora, lora_state_dict, make_lr_scheduler, make_optimizer
-from .models import Models, build
+from .models import Models, build, pick_device
 from .store import RunStore, check_writable, from_pil, save_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -87,12 +88,19 @@ class Session:
         prompts = training_prompts(cfg)
         images = load_images(cfg.images_dir, cfg.resolution) if cfg.images_dir else None
         torch.manual_seed(cfg.seed)
+        device = pick_device(cfg.device)
+        mp = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if device.type == "cuda" else "no")
+        # Under `accelerate launch` this joins the process group (DDP on GPUs, gloo on CPUs) and selects
+        # this process's GPU, so the models built next land on it.
+        self.accelerator = Accelerator(mixed_precision=mp, cpu=device.type == "cpu",
+                                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
         self.models = self.models or build(cfg)
         backend = self.models.backend
-        mp = "bf16" if cfg.mixed_precision == "auto" and backend.device.type == "cuda" else \
-            ("no" if cfg.mixed_precision == "auto" else cfg.mixed_precision)
-        self.accelerator = Accelerator(mixed_precision=mp, cpu=backend.device.type == "cpu")
         self.params = add_lora(backend.transformer, cfg, backend.lora_targets)
+        if self.accelerator.num_processes > 1:
+            # Gradients flow through DDP; no-grad rollouts and previews make no collective calls
+            # (no buffer broadcast), so the main process alone may render previews.
+            backend.denoiser = self.accelerator.prepare_model(backend.transformer)
         self.optimizer = make_optimizer(self.params, cfg)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg)
         bank = backend.encode_images(images) if images is not None else None
@@ -103,60 +111,82 @@ class Session:
     def _run(self):
         cfg = self.cfg
         self._setup()
-        self.store = RunStore.create(self.runs_root, cfg, self.preset)
-        derived = {"images_per_step": cfg.batch_size * cfg.grad_accum, "dsigma": round(cfg.dsigma, 5),
-                   "trainable_params": sum(p.numel() for p in self.params), "prompts": len(self.prompts),
-                   "device": str(self.ctx.backend.device), "mixed_precision": self.accelerator.mixed_precision}
-        yield Started(self.store.dir, cfg.to_dict(), derived)
+        acc = self.accelerator
+        if acc.is_main_process:  # one run directory, written by the main process only
+            self.store = RunStore.create(self.runs_root, cfg, self.preset)
+        run_dir = broadcast_object_list([self.store.dir if self.store else None])[0] if acc.num_processes > 1 else self.store.dir
+        derived = {"images_per_step": cfg.batch_size * cfg.grad_accum * acc.num_processes, "processes": acc.num_processes,
+                   "dsigma": round(cfg.dsigma, 5), "trainable_params": sum(p.numel() for p in self.params),
+                   "prompts": len(self.prompts), "device": str(self.ctx.backend.device), "mixed_precision": acc.mixed_precision}
+        yield Started(run_dir, cfg.to_dict(), derived)
         rng = random.Random(cfg.seed)
-        last: dict = {}
-        step = 0
+        rows: list[dict] = []
         for step in range(1, cfg.steps + 1):
-            if self._stop.is_set():
-                step -= 1
+            if self._stop_requested():
                 break
-            last = self._step(step, rng)
-            self.store.append_metrics(last)
-            self.store.set_status("running", step=step)
-            yield StepMetrics(step, cfg.steps, last)
-            if cfg.preview_every and step % cfg.preview_every == 0:
+            rows.append(self._step(step, rng))
+            if self.store:
+                self.store.append_metrics(rows[-1])
+                self.store.set_status("running", step=step)
+            yield StepMetrics(step, cfg.steps, rows[-1])
+            if self.store and cfg.preview_every and step % cfg.preview_every == 0:
                 yield Preview(step, self._preview(step))
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            if self.store and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 yield Checkpoint(step, self._save_lora())
-        stopped = step < cfg.steps
-        yield Checkpoint(step, self._save_lora())
-        rows = self.store.metrics()
-        summary = {"steps": step, "reward_first": rows[0]["reward"] if rows else None,
-                   "reward_last": rows[-1]["reward"] if rows else None,
-                   "srp_last": rows[-1]["srp"] if rows else None,
+        done = len(rows)
+        summary = {"steps": done, "reward_first": rows[0]["reward"] if rows else None,
+                   "reward_last": rows[-1]["reward"] if rows else None, "srp_last": rows[-1]["srp"] if rows else None,
                    "seconds": round(sum(r["seconds"] for r in rows), 3)}
-        self.store.write_card(cfg, self.preset, summary)
-        self.store.set_status("stopped" if stopped else "finished", step=step, summary=summary)
-        yield Finished(self.store.dir, summary, stopped)
+        if self.store:
+            yield Checkpoint(done, self._save_lora())
+            self.store.write_card(cfg, self.preset, summary)
+            self.store.set_status("stopped" if done < cfg.steps else "finished", step=done, summary=summary)
+        acc.wait_for_everyone()
+        yield Finished(run_dir, summary, done < cfg.steps)
+
+    def _stop_requested(self) -> bool:
+        if self.accelerator.num_processes == 1:
+            return self._stop.is_set()
+        flag = torch.tensor([float(self._stop.is_set())], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, "sum") > 0)  # every process stops at the same step
 
     def _step(self, step: int, rng: random.Random) -> dict:
-        cfg, t0 = self.cfg, time.perf_counter()
+        cfg, acc, t0 = self.cfg, self.accelerator, time.perf_counter()
+        rank, n = acc.process_index, cfg.batch_size
         totals: dict[str, list[torch.Tensor]] = {"reward": [], "srp": [], "sigma": [], "loss": []}
         for micro in range(cfg.grad_accum):
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + micro)
-            mb = methods.MicroBatch([rng.choice(self.prompts) for _ in range(cfg.batch_size)],
-                                    srp.pick_words(cfg.pos_words, step - 1), srp.pick_words(cfg.neg_words, step - 1), gen)
-            with self.accelerator.autocast():
+            # One prompt stream for all processes, each taking its own slice of every draw.
+            draws = [rng.choice(self.prompts) for _ in range(n * acc.num_processes)]
+            gen = torch.Generator().manual_seed(hash((cfg.seed, step, micro, rank)))
+            mb = methods.MicroBatch(draws[rank * n:(rank + 1) * n], srp.pick_words(cfg.pos_words, step - 1),
+                                    srp.pick_words(cfg.neg_words, step - 1), gen)
+            with acc.autocast():
                 for branch in self.recipe(self.ctx, mb):
-                    self.accelerator.backward(branch.loss / cfg.grad_accum)
+                    acc.backward(branch.loss / cfg.grad_accum)
                     for key in ("reward", "srp", "sigma"):
-                        totals[key].append(getattr(branch, key).float())
+                        totals[key].append(getattr(branch, key).detach().float())
                     totals["loss"].append(branch.loss.detach().float().reshape(1) / cfg.grad_accum)
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = self.accelerator.clip_grad_norm_(self.params, max_norm)
+        grad_norm = acc.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         lr = self.lr_scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        stats = {k: float(torch.cat(v).mean()) for k, v in totals.items()}
-        stats["loss"] = float(torch.cat(totals["loss"]).sum())
-        return {"step": step, **{k: (None if math.isnan(v) else v) for k, v in stats.items()},
-                "grad_norm": float(grad_norm), "lr": lr, "seconds": round(time.perf_counter() - t0, 4)}
+        stats = torch.stack([torch.cat(totals["reward"]).mean(), torch.cat(totals["srp"]).mean(),
+                             torch.cat(totals["sigma"]).mean(), torch.cat(totals["loss"]).sum()])
+        row = {"step": step}
+        if acc.num_processes > 1:
+            stats = acc.reduce(stats, "mean")
+            row["replica_spread"] = self._replica_spread()
+        for key, value in zip(("reward", "srp", "sigma", "loss"), stats.tolist()):
+            row[key] = None if math.isnan(value) else value
+        return {**row, "grad_norm": float(grad_norm), "lr": lr, "seconds": round(time.perf_counter() - t0, 4)}
+
+    def _replica_spread(self) -> float:
+        """Largest difference between processes of a fingerprint of the LoRA weights (0 = in sync)."""
+        flat = torch.cat([p.detach().double().flatten() for p in self.params])
+        fingerprint = torch.stack([flat.sum(), flat.square().sum(), flat[::7].sum()]).unsqueeze(0)
+        gathered = self.accelerator.gather(fingerprint)
+        return float((gathered.max(0).values - gathered.min(0).values).max())
 
     def _preview(self, step: int) -> Path:
         prompt = self.cfg.preview_prompt or self.prompts[0]
