@@ -1,0 +1,768 @@
+"""SRPO Studio: the Gradio app over `srpo_core` (five tabs, five named API endpoints).
+
+    python app.py [--host 127.0.0.1] [--port 7860] [--share] [--preset NAME|FILE] [--runs-dir runs]
+
+A tuning session belongs to the app, not to the browser tab that launched it: it runs in a worker
+thread, so a refresh or a cancelled `/train` call only stops the watching; Stop (or `/stop`) ends it
+after the step in progress and keeps its run directory. Everything that touches a model runs under
+one device lock and in one queue group ("device") of concurrency 1, so events wait their turn with
+a visible queue position.
+"""
+
+import argparse
+import json
+import math
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal, get_args, get_origin, get_type_hints
+
+if __name__ == "__main__":
+    import sys
+
+    # Must be decided before gradio is imported: it reads the variable at import time.
+    if "--analytics" not in sys.argv:
+        os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr
+import plotly.graph_objects as go
+import yaml
+from plotly.subplots import make_subplots
+from PIL import Image, UnidentifiedImageError
+
+from srpo_core import config, evaluate, srp
+from srpo_core.config import ConfigError, RunConfig
+from srpo_core.events import Failed, Finished, Preview, Started, StepMetrics
+from srpo_core.models import Models
+from srpo_core.session import Session, training_prompts
+from srpo_core.store import RunStore, from_pil, list_runs, to_pil
+from srpo_core.toy.vocab import STYLE_AXES
+
+DEVICE = "device"  # the queue group of every model-bound event
+BASE = "base"
+MAX_PIXELS = 40_000_000  # an upload above this is refused before PIL spends seconds decoding it
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The toy world's style words, plus two that real reward models know and the toy tokenizer does not,
+# so the perception scan shows both outcomes out of the box.
+SCAN_WORDS = ", ".join([w.capitalize() for pair in STYLE_AXES.values() for w in pair] + ["Realistic", "Cinematic"])
+CURVES = [("reward", "reward r(p)"), ("srp", "SRP reward"), ("loss", "loss"), ("grad_norm", "grad norm"),
+          ("lr", "learning rate")]
+
+
+# ---------------------------------------------------------------- app-wide state (one per demo)
+
+@dataclass
+class Live:
+    """A session driven by a worker thread; its events arrive on `events`, None marks the end."""
+    session: Session
+    events: queue.Queue = field(default_factory=queue.Queue)
+    run: str = ""
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class TabState:
+    """Per browser tab: the session this tab launched, so its Stop button can reach it. (A plain
+    class: gradio serializes a dataclass state value into the page config.)"""
+
+    def __init__(self):
+        self.live: Live | None = None
+
+
+class Lab:
+    """What all tabs share: the runs folder, the device lock, one cached set of models, live sessions."""
+
+    def __init__(self, preset: str, runs_dir: Path, user_presets: Path):
+        self.preset, self.runs_dir, self.user_presets = preset, Path(runs_dir), Path(user_presets)
+        self.cfg = config.load(self.preset_ref(preset))
+        self.device = threading.Lock()
+        self._lock = threading.Lock()
+        self._live: dict[str, Live] = {}
+        # One entry only: on a GPU a second FLUX-sized copy would not fit beside the first.
+        self._cached: tuple[tuple, Models] | None = None
+
+    # presets
+    def preset_names(self) -> list[str]:
+        user = sorted(p.stem for p in self.user_presets.glob("*.yaml")) if self.user_presets.is_dir() else []
+        return config.preset_names() + [n for n in user if n not in config.preset_names()]
+
+    def preset_ref(self, name: str) -> str:
+        """A preset name -> what config.read_preset takes (user presets live in their own folder)."""
+        user = self.user_presets / f"{name}.yaml"
+        return str(user) if name not in config.preset_names() and user.is_file() else name
+
+    def save_words(self, name: str, pos: list[str], neg: list[str]) -> Path:
+        name = name.strip()
+        if not NAME_RE.match(name):
+            raise ConfigError("a preset name uses letters, digits, '-', '_' or '.', and at most 64 characters.")
+        if name in config.preset_names():
+            raise ConfigError(f"{name!r} is a shipped preset and is never overwritten; choose another name.")
+        self.user_presets.mkdir(parents=True, exist_ok=True)
+        path = self.user_presets / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"pos_words": pos, "neg_words": neg}, sort_keys=False), encoding="utf-8")
+        return path
+
+    # runs
+    def run_dir(self, name: str) -> Path:
+        path = self.runs_dir / name
+        if not name or path.resolve().parent != self.runs_dir.resolve() or not (path / "config.json").is_file():
+            raise ConfigError(f"{name!r} is not a run in {self.runs_dir}; pick one from the list.")
+        return path
+
+    def is_live(self, name: str) -> bool:
+        """Training now, here or in another process (a CLI run writes the same status.json)."""
+        if name in self._live:
+            return True
+        status = RunStore(self.runs_dir / name).status()
+        pid = status.get("pid")
+        if status.get("state") != "running" or not pid or pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def state(self, name: str) -> str:
+        state = RunStore(self.runs_dir / name).status().get("state", "unknown")
+        return "interrupted" if state == "running" and not self.is_live(name) else state
+
+    def run_choices(self, with_base: bool = False) -> list[tuple[str, str]]:
+        rows = []
+        for store in list_runs(self.runs_dir):
+            status = store.status()
+            total = store.config().steps if (store.dir / "config.json").is_file() else "?"
+            rows.append((f"{store.name} · {self.state(store.name)} · {status.get('step', 0)}/{total}", store.name))
+        return ([("base model", BASE)] if with_base else []) + rows
+
+    def stop(self, name: str) -> None:
+        live = self._live.get(name)
+        if live is None:
+            raise ConfigError(f"run {name} is not training in this app, so there is nothing here to stop.")
+        live.session.stop()
+
+    def delete(self, name: str) -> None:
+        path = self.run_dir(name)
+        if self.is_live(name):
+            raise ConfigError(f"run {name} is still training; stop it first, then delete it.")
+        shutil.rmtree(path)
+
+    # sessions
+    def start(self, cfg: RunConfig, preset: str) -> Live:
+        live = Live(Session(cfg, self.runs_dir, preset=preset))
+        threading.Thread(target=self._drive, args=(live,), name="srpo-session", daemon=True).start()
+        return live
+
+    def _drive(self, live: Live) -> None:
+        try:
+            with self.device:
+                self._cached = None  # the session builds its own models; free the cached ones first
+                for event in live.session:
+                    if isinstance(event, Started):
+                        live.run = event.run_dir.name
+                        with self._lock:
+                            self._live[live.run] = live
+                    live.events.put(event)
+        finally:
+            with self._lock:
+                self._live.pop(live.run, None)
+            live.done.set()
+            live.events.put(None)
+
+    # models (callers hold self.device)
+    def models(self, cfg: RunConfig, run: str = "") -> Models:
+        lora = self.run_dir(run) if run and run != BASE else None
+        key = (cfg.backend, cfg.model, cfg.reward, cfg.reward_model, cfg.device,
+               str(lora), lora and (lora / "pytorch_lora_weights.safetensors").stat().st_mtime)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = None
+            self._cached = (key, evaluate.load_models(cfg, lora))
+        return self._cached[1]
+
+    def run_cfg(self, run: str) -> RunConfig:
+        return RunStore(self.run_dir(run)).config() if run and run != BASE else self.cfg
+
+
+# ---------------------------------------------------------------- pure helpers (no gradio state)
+
+def words_to_text(words) -> str:
+    return ", ".join(map(str, words))
+
+
+def clean_words(text: str) -> tuple[list[str], str]:
+    """Comma-separated words -> (unique non-empty words in order, a note on what was dropped)."""
+    raw = (text or "").split(",") if (text or "").strip() else []
+    given = [w.strip() for w in raw if w.strip()]
+    words = list(dict.fromkeys(given))
+    notes = []
+    if len(given) > len(words):
+        notes.append(f"{len(given) - len(words)} duplicate(s)")
+    if len(raw) > len(given):
+        notes.append(f"{len(raw) - len(given)} empty entr{'ies' if len(raw) - len(given) > 1 else 'y'}")
+    return words, (f"ignored {' and '.join(notes)}" if notes else "")
+
+
+def finite(value):
+    """JSON for the browser: inf/nan become None (JSON.parse refuses them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    return value
+
+
+def curves_figure(rows: list[dict]) -> go.Figure:
+    titles = [t for _, t in CURVES] + ["reward against sigma"]
+    fig = make_subplots(rows=2, cols=3, subplot_titles=titles, horizontal_spacing=0.07, vertical_spacing=0.16)
+    steps = [r["step"] for r in rows]
+    for i, (key, title) in enumerate(CURVES):
+        fig.add_trace(go.Scatter(x=steps, y=[r.get(key) for r in rows], mode="lines+markers", name=title,
+                                 marker={"size": 4}), row=i // 3 + 1, col=i % 3 + 1)
+    fig.add_trace(go.Scatter(x=[r.get("sigma") for r in rows], y=[r.get("reward") for r in rows], mode="markers",
+                             name="reward vs sigma", marker={"color": steps, "colorscale": "Viridis", "size": 7,
+                                                             "colorbar": {"title": "step", "thickness": 10}}),
+                  row=2, col=3)
+    fig.update_xaxes(title_text="step", row=1)
+    fig.update_xaxes(title_text="step", row=2, col=1)
+    fig.update_xaxes(title_text="step", row=2, col=2)
+    fig.update_xaxes(title_text="sigma", row=2, col=3)
+    fig.update_layout(height=460, showlegend=False, margin={"l": 40, "r": 20, "t": 40, "b": 40})
+    return fig
+
+
+def score_figure(result: dict, pos: str, neg: str) -> go.Figure:
+    labels = ["r(p)", f"r(p+) {pos}", f"r(p-) {neg}", "SRP"]
+    values = [result["reward"], result["reward_pos"], result["reward_neg"], result["srp"]]
+    fig = go.Figure(go.Bar(x=labels, y=values, marker_color=["#64748b", "#16a34a", "#dc2626", "#4f46e5"],
+                           text=[f"{v:+.4f}" for v in values], textposition="outside"))
+    fig.update_layout(height=300, margin={"l": 40, "r": 20, "t": 30, "b": 40}, yaxis_title="reward")
+    return fig
+
+
+def scan_figure(rows: list[dict]) -> go.Figure:
+    fig = go.Figure(go.Bar(
+        y=[r["word"] + (" (unknown)" if r["unknown"] else "") for r in rows], x=[r["effect"] for r in rows],
+        orientation="h", marker_color=["#94a3b8" if r["unknown"] else ("#16a34a" if r["effect"] > 0 else "#dc2626")
+                                       for r in rows],
+        text=[f"{r['effect']:+.4f}" for r in rows], textposition="outside"))
+    fig.update_layout(height=max(240, 34 * len(rows)), margin={"l": 40, "r": 40, "t": 30, "b": 40},
+                      xaxis_title="r(word. p) - r(p)", yaxis={"autorange": "reversed"})
+    return fig
+
+
+def psnr_figure(table: dict) -> go.Figure:
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=table["sigmas"], y=table["direct_align_psnr"], name="Direct-Align", mode="lines+markers"))
+    fig.add_trace(go.Scatter(x=table["sigmas"], y=table["one_step_psnr"], name="naive one-step", mode="lines+markers"))
+    fig.update_layout(height=340, xaxis_title="sigma", yaxis_title="PSNR vs clean sample (dB)",
+                      margin={"l": 50, "r": 20, "t": 30, "b": 40})
+    return fig
+
+
+def progress_text(step: int, total: int, started: float, metrics: dict) -> str:
+    elapsed = time.perf_counter() - started
+    eta = elapsed / step * (total - step) if step else float("nan")
+    return (f"**step {step}/{total}** · {elapsed:.1f} s elapsed · ETA {eta:.1f} s · "
+            f"reward {metrics.get('reward', float('nan')):+.4f} · SRP {metrics.get('srp') or 0:+.4f} · "
+            f"loss {metrics.get('loss') or 0:+.4f}")
+
+
+def image_tensor(path: str | None, resolution: int):
+    """An image file -> (1, 3, R, R), read exactly as `python -m srpo_core score` reads it; a huge
+    upload is refused from its header, before PIL spends seconds decoding it."""
+    if not path:
+        raise ConfigError("no image yet: generate one or upload one.")
+    try:
+        with Image.open(path) as probe:
+            width, height = probe.size
+    except (UnidentifiedImageError, OSError):
+        raise ConfigError("the upload is not an image PIL can read (PNG, JPEG, WebP, ...).") from None
+    if width * height > MAX_PIXELS:
+        raise ConfigError(f"the image is {width}x{height} pixels; upload one under {MAX_PIXELS // 1_000_000} "
+                          "megapixels (it is scaled down to the model's resolution anyway).")
+    with evaluate.load_image(path) as image:
+        return from_pil(image, resolution).unsqueeze(0)
+
+
+def form_value(value):
+    return words_to_text(value) if isinstance(value, (list, tuple)) else value
+
+
+def field_component(f, value) -> gr.components.Component:
+    """A form field from the schema: Literal -> Dropdown, bool -> Checkbox, numbers -> Number, lists -> Textbox."""
+    hint, kw = get_type_hints(RunConfig)[f.name], {"label": f.name, "info": f.metadata["help"], "value": form_value(value)}
+    if get_origin(hint) is Literal:
+        return gr.Dropdown(choices=list(get_args(hint)), **kw)
+    if hint is bool:
+        return gr.Checkbox(**kw)
+    if hint in (int, float):
+        return gr.Number(precision=0 if hint is int else None, **kw)
+    if get_origin(hint) in (list, tuple):
+        return gr.Textbox(**{**kw, "info": kw["info"] + " (comma-separated)"})
+    return gr.Textbox(**kw)
+
+
+def fail(e: Exception):
+    """The one-sentence message of a refused input, as a visible error that leaves the app running."""
+    return gr.Error(str(e), print_exception=False)
+
+
+# ---------------------------------------------------------------- the app
+
+def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs",
+               user_presets: str | Path | None = None) -> gr.Blocks:
+    """The five-tab app over a runs folder; `preset` is the model world used for inference and the
+    default of the Tune form. User control-word presets go to `user_presets` (default: a
+    `user_presets` folder beside the runs folder), never into the shipped presets/."""
+    runs_dir = Path(runs_dir)
+    lab = Lab(preset, runs_dir, Path(user_presets) if user_presets else runs_dir.resolve().parent / "user_presets")
+    schema = list(fields(RunConfig))
+    defaults = lab.cfg.to_dict()
+    default_prompt = lab.cfg.preview_prompt or training_prompts(lab.cfg)[0]
+    device_queue = {"concurrency_limit": 1, "concurrency_id": DEVICE}
+    free = {"concurrency_limit": None}
+
+    # -------- handlers: control words
+    def generate(prompt: str, seed: float):
+        """Generate one image with the base model of the app's preset."""
+        try:
+            prompt = evaluate.require_prompt(prompt)
+            seed = int(seed or 0)
+            with lab.device:
+                models = lab.models(lab.cfg)
+                unknown = models.backend.unknown_words(prompt)
+                image = evaluate.generate(models, lab.cfg, [prompt], seed)[0]
+        except ConfigError as e:
+            raise fail(e) from None
+        if unknown:
+            gr.Warning(f"The generator does not know: {', '.join(unknown)}; they read as an unknown token.")
+        return to_pil(image)
+
+    def score(image: str | None, prompt: str, pos: str, neg: str) -> dict:
+        """r(p), r(p+), r(p-) and SRP of an image file, as `python -m srpo_core score` computes them."""
+        try:
+            tensor = image_tensor(image, lab.cfg.resolution)
+            with lab.device:
+                return evaluate.score(lab.models(lab.cfg), tensor, prompt, (pos or "").strip(), (neg or "").strip())
+        except ConfigError as e:
+            raise fail(e) from None
+
+    def show_score(result: dict, pos: str, neg: str):
+        if not result:
+            return gr.skip(), ""
+        unknown = result.get("unknown_words") or []
+        note = f"⚠️ The reward model does not know: **{', '.join(unknown)}**." if unknown else ""
+        return score_figure(result, pos, neg), note
+
+    def scan(image: str | None, prompt: str, words: str):
+        try:
+            items, _ = clean_words(words)
+            if not items:
+                raise ConfigError("the scan needs at least one word.")
+            tensor = image_tensor(image, lab.cfg.resolution)
+            rows = []
+            with lab.device:
+                models = lab.models(lab.cfg)
+                for word in items:
+                    s = evaluate.score(models, tensor, prompt, word, "")
+                    rows.append({"word": word, "effect": s["reward_pos"] - s["reward"],
+                                 "unknown": bool(s["unknown_words"])})
+        except ConfigError as e:
+            raise fail(e) from None
+        return scan_figure(rows)
+
+    def apply_words(pos_text: str, neg_text: str, pos_now: str, neg_now: str):
+        pos, pos_note = clean_words(pos_text)
+        neg, neg_note = clean_words(neg_text)
+        notes = [f"{which} list: {note}" for which, note in (("positive", pos_note), ("negative", neg_note)) if note]
+        note = ("⚠️ " + "; ".join(notes) + ".") if notes else ""
+        return (gr.Dropdown(choices=pos, value=pos_now if pos_now in pos else (pos[0] if pos else "")),
+                gr.Dropdown(choices=neg, value=neg_now if neg_now in neg else (neg[0] if neg else "")),
+                words_to_text(pos), words_to_text(neg), note)
+
+    def load_words(name: str):
+        try:
+            data = config.read_preset(lab.preset_ref(name))
+        except ConfigError as e:
+            raise fail(e) from None
+        pos, neg = data.get("pos_words", defaults["pos_words"]), data.get("neg_words", defaults["neg_words"])
+        return words_to_text(pos), words_to_text(neg)
+
+    def save_words(name: str, pos_text: str, neg_text: str):
+        try:
+            pos, neg = clean_words(pos_text)[0], clean_words(neg_text)[0]
+            path = lab.save_words(name, pos, neg)
+        except ConfigError as e:
+            raise fail(e) from None
+        gr.Info(f"Saved control words as {path.stem} ({path}).")
+        names = lab.preset_names()
+        return gr.Dropdown(choices=names, value=path.stem), gr.Dropdown(choices=names)
+
+    # -------- handlers: tune
+    def fill_form(name: str):
+        try:
+            cfg = config.load(lab.preset_ref(name))
+        except ConfigError as e:
+            raise fail(e) from None
+        values = cfg.to_dict()
+        return [form_value(values[f.name]) for f in schema]
+
+    def prepare(name: str, tab: TabState, *values):
+        """Form -> the JSON overrides of the preset that /train receives; refuses bad values up front."""
+        if tab.live and not tab.live.done.is_set():
+            raise gr.Error(f"A session is already running in this tab ({tab.live.run or 'starting'}); "
+                           "stop it or wait for it to end.", print_exception=False)
+        form = {f.name: v for f, v in zip(schema, values) if f.name != "steps"}
+        try:
+            base = config.load(lab.preset_ref(name)).to_dict()
+            cfg = config.from_dict({**base, **form, "steps": 1})
+        except ConfigError as e:
+            raise fail(e) from None
+        changed = {k: v for k, v in cfg.to_dict().items() if k != "steps" and v != base[k]}
+        return json.dumps(changed, indent=1)
+
+    def train(preset_name: str, overrides: str, steps: float, tab: TabState):
+        """Run a tuning session; streams (run, progress, curves, previews) at least once per step and
+        ends with the run directory's name. Cancelling the call stops the streaming, not the run."""
+        try:
+            try:
+                extra = json.loads(overrides or "{}")
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"overrides must be a JSON object of config keys ({e.msg} at line {e.lineno}).") from None
+            if not isinstance(extra, dict):
+                raise ConfigError("overrides must be a JSON object of config keys, like {\"lr\": 0.001}.")
+            if isinstance(steps, bool) or not isinstance(steps, (int, float)) or steps != int(steps) or steps <= 0:
+                raise ConfigError(f"steps must be a whole number greater than 0 (got {steps!r}).")
+            cfg = config.load(lab.preset_ref(preset_name), {**extra, "steps": int(steps)})
+        except ConfigError as e:
+            raise fail(e) from None
+        tab.live = live = lab.start(cfg, preset_name)
+        rows, previews, run, started, drawn = [], [], "", time.perf_counter(), 0.0
+        text = "starting: building the models (waits while another session holds the device)…"
+        yield run, text, gr.skip(), gr.skip()
+        while (event := live.events.get()) is not None:
+            figure, gallery = gr.skip(), gr.skip()
+            if isinstance(event, Started):
+                run, started = event.run_dir.name, time.perf_counter()
+                text = f"**{run}** started · " + " · ".join(f"{k} {v}" for k, v in event.derived.items())
+                figure, gallery = curves_figure([]), []
+            elif isinstance(event, StepMetrics):
+                rows.append(event.metrics)
+                text = progress_text(event.step, event.total, started, event.metrics)
+                # Redrawing six subplots costs ~0.1 s; once a second keeps fast steps streaming.
+                if time.perf_counter() - drawn > 1.0 or event.step == event.total:
+                    figure, drawn = curves_figure(rows), time.perf_counter()
+            elif isinstance(event, Preview):
+                previews.append((str(event.path), f"step {event.step}"))
+                gallery = list(previews)
+            elif isinstance(event, Finished):
+                s = event.summary
+                text = (f"**{run}** {'stopped' if event.stopped else 'finished'} after {s['steps']} steps in "
+                        f"{s['seconds']} s of training · reward {s['reward_first']} → {s['reward_last']}")
+                figure, gallery = curves_figure(rows), list(previews)
+            elif isinstance(event, Failed):
+                raise gr.Error(f"The session failed: {event.error}", print_exception=False)
+            else:
+                continue
+            yield run, text, figure, gallery
+
+    def stop_tab(tab: TabState):
+        if tab.live is None or tab.live.done.is_set():
+            gr.Warning("No session of this tab is running; a session from another tab can be stopped in Runs.")
+            return gr.skip()
+        tab.live.session.stop()
+        return "stopping after the step in progress…"
+
+    def stop_run(name: str) -> str:
+        """Stop a run of this app by its directory name; it ends after the step in progress."""
+        try:
+            lab.stop(name)
+        except ConfigError as e:
+            raise fail(e) from None
+        return f"stopping {name} after the step in progress…"
+
+    # -------- handlers: recoveries and compare
+    def recover(prompt: str, seed: float, model: str = BASE, sigmas: str = "0.1, 0.3, 0.5, 0.7, 0.9"):
+        """Noisy / naive one-step / Direct-Align recoveries across sigma, with their PSNR."""
+        try:
+            prompt, values = evaluate.require_prompt(prompt), evaluate.parse_sigmas(sigmas)
+            cfg = lab.run_cfg(model)
+            with lab.device:
+                table, grid = evaluate.recover(lab.models(cfg, model), cfg, prompt, int(seed or 0), values)
+        except ConfigError as e:
+            raise fail(e) from None
+        return to_pil(grid), psnr_figure(table), finite(table)
+
+    def compare(prompt: str, seed: float, run_a: str = BASE, run_b: str = "", pos: str = "", neg: str = ""):
+        """The same prompt and seed through run A and run B ("" or "base" = the base model), each scored."""
+        try:
+            prompt = evaluate.require_prompt(prompt)
+            run_a, run_b = run_a or BASE, run_b or BASE
+            cfg = lab.run_cfg(run_a if run_a != BASE else run_b)
+            pos = (pos or srp.pick_words(cfg.pos_words, 0)).strip()
+            neg = (neg or srp.pick_words(cfg.neg_words, 0)).strip()
+            images, scores = [], {}
+            with lab.device:
+                for side, run in (("A", run_a), ("B", run_b)):
+                    models = lab.models(cfg, run)
+                    image = evaluate.generate(models, cfg, [prompt], int(seed or 0))
+                    images.append(to_pil(image[0]))
+                    scores[side] = {"run": run, **evaluate.score(models, image, prompt, pos, neg)}
+        except ConfigError as e:
+            raise fail(e) from None
+        return images[0], images[1], scores
+
+    # -------- handlers: runs
+    def refresh_lists(selected: str | None = None):
+        runs = lab.run_choices()
+        names = [v for _, v in runs]
+        pick = selected if selected in names else (names[0] if names else None)
+        with_base = lab.run_choices(with_base=True)
+        return (gr.Dropdown(choices=runs, value=pick), gr.Dropdown(choices=with_base),
+                gr.Dropdown(choices=with_base), gr.Dropdown(choices=with_base))
+
+    def show_run(name: str | None):
+        if not name:
+            return "No runs yet: launch one in Tune.", curves_figure([]), [], {}, None, gr.Timer(active=False)
+        try:
+            store = RunStore(lab.run_dir(name))
+            cfg = store.config().to_dict()
+        except (ConfigError, OSError, json.JSONDecodeError) as e:
+            return f"⚠️ {e}", curves_figure([]), [], {}, None, gr.Timer(active=False)
+        status, state, rows = store.status(), lab.state(name), store.metrics()
+        previews = [(str(p), p.stem.replace("_", " ")) for p in sorted((store.dir / "previews").glob("*.png"))]
+        summary = status.get("summary") or {}
+        text = (f"**{name}** · {state} · step {status.get('step', 0)}/{cfg['steps']} · preset `{status.get('preset', '')}`"
+                + (f" · reward {summary.get('reward_first')} → {summary.get('reward_last')}" if summary else "")
+                + (f"\n\n⚠️ {status['error']}" if status.get("error") else "")
+                + ("\n\nThis run's process ended before it finished; its files up to the last step are intact."
+                   if state == "interrupted" else ""))
+        lora = str(store.lora_path) if store.lora_path.is_file() else None
+        return text, curves_figure(rows), previews, cfg, lora, gr.Timer(active=state == "running")
+
+    def ask_delete(name: str | None):
+        try:
+            if not name:
+                raise ConfigError("pick a run to delete.")
+            lab.run_dir(name)
+            if lab.is_live(name):
+                raise ConfigError(f"run {name} is still training; stop it first, then delete it.")
+        except ConfigError as e:
+            raise fail(e) from None
+        return gr.Row(visible=True), f"Delete **{name}** (weights, metrics, previews) for good?"
+
+    def confirm_delete(name: str):
+        try:
+            lab.delete(name)
+        except ConfigError as e:
+            raise fail(e) from None
+        gr.Info(f"Deleted {name}.")
+        return gr.Row(visible=False)
+
+    # -------- layout
+    with gr.Blocks(title="SRPO Studio") as demo:
+        tab_state = gr.State(TabState())  # deep-copied per tab
+        gr.Markdown(f"# SRPO Studio\nDirect-Align / SRPO preference tuning · model world: `{preset}` · "
+                    f"runs in `{runs_dir}`")
+        with gr.Tabs():
+            with gr.Tab("Control words", id="words"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        pos_text = gr.Textbox(words_to_text(defaults["pos_words"]), label="Positive control words",
+                                              info="comma-separated; training cycles through them")
+                        neg_text = gr.Textbox(words_to_text(defaults["neg_words"]), label="Negative control words",
+                                              info="comma-separated")
+                        words_note = gr.Markdown()
+                        with gr.Row():
+                            words_preset = gr.Dropdown(lab.preset_names(), value=preset if preset in lab.preset_names()
+                                                       else None, label="Preset", scale=3)
+                            load_btn = gr.Button("Load", scale=1)
+                        with gr.Row():
+                            save_name = gr.Textbox(label="Save as (user preset)", placeholder="my-words", scale=3)
+                            save_btn = gr.Button("Save", scale=1)
+                    with gr.Column(scale=3):
+                        gr.Markdown("### Reward inspector")
+                        with gr.Row():
+                            insp_prompt = gr.Textbox(default_prompt, label="Prompt", scale=3)
+                            insp_seed = gr.Number(0, label="Seed", precision=0, scale=1)
+                            gen_btn = gr.Button("Generate", scale=1)
+                        with gr.Row():
+                            insp_image = gr.Image(type="filepath", format="png", label="Image (generated or uploaded)",
+                                                  sources=["upload", "clipboard"], height=256)
+                            with gr.Column():
+                                pos_dd = gr.Dropdown(defaults["pos_words"], value=defaults["pos_words"][0] if
+                                                     defaults["pos_words"] else "", label="p+ word", allow_custom_value=True)
+                                neg_dd = gr.Dropdown(defaults["neg_words"], value=defaults["neg_words"][0] if
+                                                     defaults["neg_words"] else "", label="p- word", allow_custom_value=True)
+                        score_json = gr.JSON(label="Scores", elem_id="score-json")
+                        unknown_note = gr.Markdown()
+                        score_plot = gr.Plot(label="r(p), r(p+), r(p-), SRP")
+                gr.Markdown("### Does the reward model perceive this word?\nEach word's effect "
+                            "r(word. p) − r(p) on the inspector's image; grey bars are words its tokenizer does not know.")
+                with gr.Row():
+                    scan_words = gr.Textbox(SCAN_WORDS, label="Words to scan", scale=4)
+                    scan_btn = gr.Button("Scan", scale=1)
+                scan_plot = gr.Plot(label="Word effects")
+
+            with gr.Tab("Tune", id="tune"):
+                with gr.Row():
+                    tune_preset = gr.Dropdown(lab.preset_names(), value=preset if preset in lab.preset_names() else None,
+                                              label="Preset (the form starts from it)",
+                                              allow_custom_value=True, scale=3)
+                    reload_btn = gr.Button("Reset form to preset", scale=1)
+                form: dict[str, gr.components.Component] = {}
+                for group in dict.fromkeys(f.metadata["group"] for f in schema):
+                    basic = [f for f in schema if f.metadata["group"] == group and not f.metadata["advanced"]]
+                    if basic:
+                        with gr.Row(equal_height=True):
+                            for f in basic:
+                                form[f.name] = field_component(f, defaults[f.name])
+                with gr.Accordion("Advanced settings", open=False):
+                    for group in dict.fromkeys(f.metadata["group"] for f in schema):
+                        advanced = [f for f in schema if f.metadata["group"] == group and f.metadata["advanced"]]
+                        if advanced:
+                            gr.Markdown(f"**{group}**")
+                            with gr.Row(equal_height=True):
+                                for f in advanced:
+                                    form[f.name] = field_component(f, defaults[f.name])
+                with gr.Row():
+                    launch_btn = gr.Button("Launch", variant="primary")
+                    stop_btn = gr.Button("Stop", variant="stop")
+                overrides_code = gr.Code("{}", language="json", label="Overrides of the preset sent to /train",
+                                         interactive=False, max_lines=12)
+                run_name = gr.Textbox(label="Run", interactive=False)
+                progress = gr.Markdown("Press Launch to start a session.", elem_id="tune-progress")
+                tune_plot = gr.Plot(label="Curves", elem_id="tune-curves")
+                tune_gallery = gr.Gallery(label="Previews", columns=6, height=200, elem_id="tune-previews")
+
+            with gr.Tab("Recoveries", id="recoveries"):
+                gr.Markdown("One clean sample, noised to each sigma; rows: noisy state, naive one-step x0, "
+                            "Direct-Align recovery (one step down, then the known noise removed).")
+                with gr.Row():
+                    rec_prompt = gr.Textbox(default_prompt, label="Prompt", scale=3)
+                    rec_seed = gr.Number(0, label="Seed", precision=0, scale=1)
+                    rec_model = gr.Dropdown([("base model", BASE)], value=BASE, label="Model", allow_custom_value=True, scale=2)
+                    rec_sigmas = gr.Textbox("0.1, 0.3, 0.5, 0.7, 0.9", label="Sigmas", scale=2)
+                    rec_btn = gr.Button("Recover", scale=1)
+                with gr.Row():
+                    rec_grid = gr.Image(label="noisy / one-step / Direct-Align", format="png", height=300)
+                    rec_plot = gr.Plot(label="PSNR against sigma")
+                rec_table = gr.JSON(label="PSNR data (dB)")
+
+            with gr.Tab("Compare", id="compare"):
+                with gr.Row():
+                    cmp_prompt = gr.Textbox(default_prompt, label="Prompt", scale=3)
+                    cmp_seed = gr.Number(0, label="Seed", precision=0, scale=1)
+                    cmp_a = gr.Dropdown([("base model", BASE)], value=BASE, label="A", allow_custom_value=True, scale=2)
+                    cmp_b = gr.Dropdown([("base model", BASE)], value=BASE, label="B", allow_custom_value=True, scale=2)
+                    cmp_btn = gr.Button("Compare", scale=1)
+                with gr.Row():
+                    cmp_img_a = gr.Image(label="A", format="png", height=256)
+                    cmp_slider = gr.ImageSlider(label="A | B", type="pil", height=256)
+                    cmp_img_b = gr.Image(label="B", format="png", height=256)
+                cmp_scores = gr.JSON(label="Rewards of A and B (control words from the Control words tab)")
+
+            with gr.Tab("Runs", id="runs"):
+                with gr.Row():
+                    runs_dd = gr.Dropdown([], label="Run", allow_custom_value=True, scale=4)
+                    refresh_btn = gr.Button("Refresh", scale=1)
+                run_info = gr.Markdown(elem_id="run-info")
+                run_plot = gr.Plot(label="Curves")
+                run_gallery = gr.Gallery(label="Previews", columns=6, height=200)
+                with gr.Row():
+                    run_config = gr.JSON(label="Resolved config (a preset: replay with --preset <run>/config.json)")
+                    run_lora = gr.File(label="LoRA weights")
+                with gr.Row():
+                    run_stop_btn = gr.Button("Stop this run", variant="stop")
+                    delete_btn = gr.Button("Delete this run…")
+                with gr.Row(visible=False) as confirm_row:
+                    confirm_text = gr.Markdown()
+                    confirm_btn = gr.Button("Yes, delete it", variant="stop")
+                    cancel_btn = gr.Button("Keep it")
+                run_msg = gr.Markdown()
+                watch = gr.Timer(1.0, active=False)
+
+        # -------- events: control words
+        words_out = [pos_dd, neg_dd, form["pos_words"], form["neg_words"], words_note]
+        for box in (pos_text, neg_text):
+            box.input(apply_words, [pos_text, neg_text, pos_dd, neg_dd], words_out, api_visibility="private", **free)
+        load_btn.click(load_words, [words_preset], [pos_text, neg_text], api_visibility="private", **free).success(
+            apply_words, [pos_text, neg_text, pos_dd, neg_dd], words_out, api_visibility="private", **free)
+        for name, box in (("pos_words", pos_text), ("neg_words", neg_text)):
+            form[name].input(lambda text: text, [form[name]], [box], api_visibility="private", **free).then(
+                apply_words, [pos_text, neg_text, pos_dd, neg_dd], words_out, api_visibility="private", **free)
+        save_btn.click(save_words, [save_name, pos_text, neg_text], [words_preset, tune_preset],
+                       api_visibility="private", **free)
+        gen_btn.click(generate, [insp_prompt, insp_seed], [insp_image], api_name="generate", **device_queue)
+        gr.on([insp_image.change, insp_prompt.change, pos_dd.change, neg_dd.change], score,
+              [insp_image, insp_prompt, pos_dd, neg_dd], [score_json], api_name="score",
+              trigger_mode="always_last", show_progress="minimal", **device_queue).then(
+            show_score, [score_json, pos_dd, neg_dd], [score_plot, unknown_note], api_visibility="private", **free)
+        scan_btn.click(scan, [insp_image, insp_prompt, scan_words], [scan_plot], api_visibility="private",
+                       **device_queue)
+
+        # -------- events: tune
+        form_list = [form[f.name] for f in schema]
+        for trigger in (tune_preset.change, reload_btn.click):
+            trigger(fill_form, [tune_preset], form_list, api_visibility="private", **free)
+        launch_btn.click(prepare, [tune_preset, tab_state, *form_list], [overrides_code], api_visibility="private",
+                         **free).success(
+            train, [tune_preset, overrides_code, form["steps"], tab_state], [run_name, progress, tune_plot, tune_gallery],
+            api_name="train", **device_queue)
+        stop_btn.click(stop_tab, [tab_state], [progress], api_visibility="private", **free)
+        gr.api(stop_run, api_name="stop", **free)
+
+        # -------- events: recoveries, compare
+        rec_btn.click(recover, [rec_prompt, rec_seed, rec_model, rec_sigmas], [rec_grid, rec_plot, rec_table],
+                      api_name="recover", **device_queue)
+        cmp_btn.click(compare, [cmp_prompt, cmp_seed, cmp_a, cmp_b, pos_dd, neg_dd], [cmp_img_a, cmp_img_b, cmp_scores],
+                      api_name="compare", **device_queue).then(
+            lambda a, b: (a, b), [cmp_img_a, cmp_img_b], [cmp_slider], api_visibility="private", **free)
+
+        # -------- events: runs
+        lists = [runs_dd, rec_model, cmp_a, cmp_b]
+        run_view = [run_info, run_plot, run_gallery, run_config, run_lora, watch]
+        refresh_btn.click(refresh_lists, [runs_dd], lists, api_visibility="private", **free)
+        runs_dd.change(show_run, [runs_dd], run_view, api_visibility="private", **free)
+        watch.tick(show_run, [runs_dd], run_view, api_visibility="private", show_progress="hidden", **free)
+        run_stop_btn.click(stop_run, [runs_dd], [run_msg], api_visibility="private", **free)
+        delete_btn.click(ask_delete, [runs_dd], [confirm_row, confirm_text], api_visibility="private", **free)
+        cancel_btn.click(lambda: gr.Row(visible=False), None, [confirm_row], api_visibility="private", **free)
+        confirm_btn.click(confirm_delete, [runs_dd], [confirm_row], api_visibility="private", **free).success(
+            refresh_lists, [runs_dd], lists, api_visibility="private", **free)
+
+        demo.load(refresh_lists, [runs_dd], lists, api_visibility="private", **free)
+        demo.load(generate, [insp_prompt, insp_seed], [insp_image], api_visibility="private", **device_queue)
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="SRPO Studio: the Gradio app.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    p.add_argument("--preset", default=config.DEFAULT_PRESET,
+                   help=f"model world for inference and the Tune form's default ({', '.join(config.preset_names())} "
+                        "or a YAML/JSON file)")
+    p.add_argument("--runs-dir", default="runs", help="runs root (default: runs)")
+    p.add_argument("--user-presets", help="folder for saved control-word presets (default: <runs-dir>/../user_presets)")
+    p.add_argument("--analytics", action="store_true", help="let Gradio send its usage analytics (off by default)")
+    args = p.parse_args(argv)
+    try:
+        demo = build_demo(args.preset, args.runs_dir, args.user_presets)
+    except ConfigError as e:
+        p.exit(2, f"error: {e}\n")
+    _, url, share_url = demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share,
+                                            prevent_thread_lock=True, quiet=True)
+    print(f"SRPO Studio running at {url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
+    demo.block_thread()
+
+
+if __name__ == "__main__":
+    main()
