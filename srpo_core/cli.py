@@ -128,6 +128,18 @@ def cmd_fixtures(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from . import bench
+    if args.steps < 10:
+        raise ConfigError(f"--steps must be at least 10 for a stable median (got {args.steps}).")
+    result = bench.run(args.preset, args.steps, args.warmup)
+    if not args.json:
+        print(bench.table(result))
+    else:
+        emit(result, True)
+    return 0
+
+
 def build_parser() -> Parser:
     p = Parser(prog="python -m srpo_core", description="SRPO Studio: Direct-Align / SRPO preference tuning, headless.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -164,6 +176,9 @@ def build_parser() -> Parser:
     c.add_argument("--lora", help="a run directory whose LoRA to load")
     c.add_argument("--prompts", help="UTF-8 text file, one prompt a line (default: the preset's prompts)")
     c.add_argument("--seeds", type=int, default=2)
+    c = command("bench", cmd_bench, "Seconds per SRPO step against a bare torch loop, sampling speed, inspector latency, memory.")
+    c.add_argument("--steps", type=int, default=12, help="measured steps (median; at least 10)")
+    c.add_argument("--warmup", type=int, default=2)
     c = command("fixtures", cmd_fixtures, "Write tiny random models in the real on-disk formats.", preset=False)
     c.add_argument("--out", required=True)
     return p

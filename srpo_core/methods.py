@@ -57,8 +57,9 @@ class Branch:
 
 
 def sample(ctx: Context, cond: Cond, noise: torch.Tensor) -> torch.Tensor:
-    """No-grad Euler rollout of the current model from pure noise to clean latents."""
-    with torch.no_grad():
+    """Euler rollout of the current model from pure noise to clean latents, under inference mode
+    (no autograd bookkeeping at all); the result is only ever a constant input to the losses."""
+    with torch.inference_mode():
         return da.euler_rollout(ctx.velocity_fn(cond), noise, ctx.sample_grid)
 
 

@@ -1,0 +1,146 @@
+"""`python -m srpo_core bench`: the cost of an SRPO step against a bare hand-written floor.
+
+Session steps and floor steps are interleaved one for one, on the same models and settings, so
+both see the same machine load; every figure is a median over the measured steps.
+"""
+
+import random
+import resource
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+
+import torch
+
+from . import config, evaluate, srp
+from . import direct_align as da
+from .events import StepMetrics
+from .lora import add_lora, make_optimizer
+from .models import build
+from .schedule import dsigma_cells, sampling_sigmas, train_sigmas
+from .session import Session, training_prompts
+
+
+class Timer:
+    def __init__(self, sync):
+        self.sync, self.totals = sync, {}
+
+    @contextmanager
+    def __call__(self, name):
+        self.sync()
+        t0 = time.perf_counter()
+        yield
+        self.sync()
+        self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
+
+
+class Floor:
+    """The SRPO step written out bare: no session, events, store, config lookups or recipes."""
+
+    def __init__(self, cfg: config.RunConfig):
+        self.cfg = cfg
+        self.models = build(cfg)
+        b = self.models.backend
+        self.params = add_lora(b.transformer, cfg, b.lora_targets)
+        self.opt = make_optimizer(self.params, cfg)
+        self.prompts = training_prompts(cfg)
+        lo, hi = cfg.train_sigma_range
+        self.grid = train_sigmas(lo, hi, cfg.train_grid_len).to(b.device)
+        self.cells = dsigma_cells(cfg.train_grid_len, cfg.groundtruth_ratio)
+        self.rollout = sampling_sigmas(cfg.rollout_steps, cfg.shift).to(b.device)
+        self.shape = b.latent_shape(cfg.resolution)
+        self.sync = torch.cuda.synchronize if b.device.type == "cuda" else (lambda: None)
+
+    def step(self, step: int, rng: random.Random) -> dict:
+        b, r, cfg = self.models.backend, self.models.reward, self.cfg
+        t = Timer(self.sync)
+        gen = torch.Generator().manual_seed(step)
+        prompt = rng.choice(self.prompts)
+        pos, neg = srp.pick_words(cfg.pos_words, step), srp.pick_words(cfg.neg_words, step)
+        cond = b.encode_prompts([prompt])
+        t_pos, t_neg = r.text_features([srp.augment(prompt, pos), srp.augment(prompt, neg)]).to(b.device).split(1)
+        with t("rollout"), torch.no_grad():
+            x0 = da.euler_rollout(lambda x, s: b.velocity(x, s, cond, cfg.guidance),
+                                  torch.randn((1, *self.shape), generator=gen).to(b.device), self.rollout)
+        eps = torch.randn((1, *self.shape), generator=gen).to(b.device)
+        i = rng.randrange(cfg.train_grid_len - 2 * self.cells)
+        s_hi, s_lo, s_b = (self.grid[j].reshape(1) for j in (i, i + self.cells, i + 2 * self.cells))
+        for start, pair in ((s_hi, (t_pos, t_neg)), (s_b, (t_neg, t_pos))):
+            with t("branch_forward"):
+                x = da.inject(x0, eps, start)
+                x0_hat = da.recover(da.euler_step(x, b.velocity(x, start, cond, cfg.guidance), start, s_lo), eps, s_lo)
+            with t("decode"):
+                image = b.decode(x0_hat)
+            with t("reward"):
+                loss = -srp.cfg_like(r.image_features(image), *pair, 0.1, r.scale).mean() / 2
+            with t("backward"):
+                loss.backward()
+        with t("optimizer"):
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        return t.totals
+
+
+def run(preset: str, steps: int = 12, warmup: int = 2) -> dict:
+    cfg = config.load(preset, {"steps": steps + warmup, "preview_every": 0, "checkpoint_every": 0, "method": "srpo"})
+    floor = Floor(cfg)
+    with tempfile.TemporaryDirectory(prefix="srpo-bench-") as scratch:
+        session_s, floor_s, splits = _interleaved(Session(cfg, runs_root=scratch, preset=preset), floor, steps, warmup)
+    toy_step = statistics.median(session_s)
+    floor_step = statistics.median(floor_s)
+    result = {"preset": preset, "steps_measured": steps, "toy_step_s": toy_step, "floor_step_s": floor_step,
+              "overhead_ratio": toy_step / floor_step}
+    for key in splits[0]:
+        result[f"floor_{key}_s"] = statistics.median(s.get(key, 0.0) for s in splits)
+    result.update(_sampling_and_inspector(cfg))
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _interleaved(session: Session, floor: Floor, steps: int, warmup: int):
+    """Alternate one session step and one floor step; time the session from event to event."""
+    rng = random.Random(floor.cfg.seed)
+    events = iter(session)
+    session_s, floor_s, splits = [], [], []
+    last = None
+    for step in range(steps + warmup):
+        event = next(events)
+        while not isinstance(event, StepMetrics):  # Started
+            last = time.perf_counter()
+            event = next(events)
+        now = time.perf_counter()
+        t0 = time.perf_counter()
+        split = floor.step(step, rng)
+        floor_time = time.perf_counter() - t0
+        if step >= warmup:
+            session_s.append(now - last)
+            floor_s.append(floor_time)
+            splits.append(split)
+        last = time.perf_counter()
+    for _ in events:  # let the session finish and write its run directory
+        pass
+    return session_s, floor_s, splits
+
+
+def _sampling_and_inspector(cfg: config.RunConfig, batch: int = 8, repeats: int = 3) -> dict:
+    sample_cfg = cfg.replace(rollout_steps=20)
+    models = evaluate.load_models(sample_cfg)
+    prompts = training_prompts(cfg)[:batch]
+    evaluate.generate(models, sample_cfg, prompts, 0)  # warm-up
+    t0 = time.perf_counter()
+    for i in range(repeats):
+        images = evaluate.generate(models, sample_cfg, prompts, i)
+    throughput = batch * repeats / (time.perf_counter() - t0)
+    latencies = []
+    for i in range(10):  # new words each time, as when typing: the text features are not cached yet
+        t0 = time.perf_counter()
+        evaluate.score(models, images[:1], f"{prompts[0]} {'.' * (i + 1)}", cfg.pos_words[0], cfg.neg_words[0])
+        latencies.append(time.perf_counter() - t0)
+    return {"sample_images_per_s": throughput, "inspector_latency_s": statistics.median(latencies)}
+
+
+def table(result: dict) -> str:
+    width = max(map(len, result))
+    return "\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in result.items())
