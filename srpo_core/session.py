@@ -18,7 +18,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import broadcast_object_list
 from PIL import Image
 
-from . import methods, srp
+from . import memory, methods, srp
 from .config import ConfigError, RunConfig
 from .events import Checkpoint, Event, Failed, Finished, Preview, Started, StepMetrics
 from .lora import add_lora, lora_state_dict, make_lr_scheduler, make_optimizer
@@ -96,6 +96,8 @@ class Session:
                                        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
         self.models = self.models or build(cfg)
         backend = self.models.backend
+        if cfg.free_text_encoders:
+            backend.free_text_encoders(prompts + [cfg.preview_prompt or prompts[0]])
         self.params = add_lora(backend.transformer, cfg, backend.lora_targets)
         if self.accelerator.num_processes > 1:
             # Gradients flow through DDP; no-grad rollouts and previews make no collective calls
@@ -118,6 +120,7 @@ class Session:
         derived = {"images_per_step": cfg.batch_size * cfg.grad_accum * acc.num_processes, "processes": acc.num_processes,
                    "dsigma": round(cfg.dsigma, 5), "trainable_params": sum(p.numel() for p in self.params),
                    "prompts": len(self.prompts), "device": str(self.ctx.backend.device), "mixed_precision": acc.mixed_precision}
+        derived.update(memory.report(self.models, cfg, self.prompts, derived["trainable_params"]))
         yield Started(run_dir, cfg.to_dict(), derived)
         rng = random.Random(cfg.seed)
         rows: list[dict] = []

@@ -21,6 +21,7 @@ class Cond:
 class Backend(Protocol):
     transformer: torch.nn.Module
     lora_targets: list[str]
+    uses_cfg: bool
     device: torch.device
 
     def encode_prompts(self, prompts: list[str]) -> Cond: ...

@@ -20,6 +20,7 @@ MAX_SEQUENCE_LENGTH = 512  # FLUX.1-dev's T5 length (schnell uses 256)
 
 
 class FluxBackend:
+    uses_cfg = False  # guidance is an embedding input, not CFG
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
     def __init__(self, transformer: FluxTransformer2DModel, vae: AutoencoderKL, text_encoder, tokenizer,

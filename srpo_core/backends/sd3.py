@@ -20,6 +20,7 @@ MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default T5 length
 
 class SD3Backend:
     # diffusers' train_dreambooth_lora_sd3 defaults; SD3.5's second attention (attn2) shares these names
+    uses_cfg = True  # guidance is classifier-free (uncond + cond batch)
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
     def __init__(self, pipe: StableDiffusion3Pipeline, device: str | torch.device = "cpu",
