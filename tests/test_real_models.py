@@ -53,7 +53,7 @@ def test_every_fixture_preset_runs_a_session(fx, name, tmp_path):
 
 
 def _tuned_backend(fx, family: str):
-    cfg = fixture_cfg(fx, f"{family}-clip")
+    cfg = fixture_cfg(fx, f"{family}-clip", lora_alpha=16.0)  # alpha != rank: the scale must survive the file
     built = models.build(cfg)
     params = add_lora(built.backend.transformer, cfg, built.backend.lora_targets)
     torch.manual_seed(3)

@@ -98,7 +98,9 @@ class SD3Backend:
         return vae_encode(self.vae, images)
 
     def save_lora(self, directory: Path, state_dict: dict) -> Path:
-        StableDiffusion3Pipeline.save_lora_weights(directory, transformer_lora_layers=state_dict, weight_name=LORA_WEIGHTS)
+        # the adapter config (alpha, rank, targets) rides along: without it loaders assume alpha = rank
+        StableDiffusion3Pipeline.save_lora_weights(directory, transformer_lora_layers=state_dict, weight_name=LORA_WEIGHTS,
+                                                        transformer_lora_adapter_metadata=self.transformer.peft_config["default"].to_dict())
         return Path(directory) / LORA_WEIGHTS
 
     def load_lora(self, path: Path) -> None:
