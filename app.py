@@ -50,6 +50,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # The toy world's style words, plus two that real reward models know and the toy tokenizer does not,
 # so the perception scan shows both outcomes out of the box.
 SCAN_WORDS = ", ".join([w.capitalize() for pair in STYLE_AXES.values() for w in pair] + ["Realistic", "Cinematic"])
+# Toy images are 32-64 px: show them scaled up with crisp pixels instead of as thumbnails.
+CSS = (".pixels img { image-rendering: pixelated; }\n"
+       ".fill img { width: 100%; height: 100%; object-fit: contain; }")
 CURVES = [("reward", "reward r(p)"), ("srp", "SRP reward"), ("loss", "loss"), ("grad_norm", "grad norm"),
           ("lr", "learning rate")]
 
@@ -240,7 +243,7 @@ def score_figure(result: dict, pos: str, neg: str) -> go.Figure:
     labels = ["r(p)", f"r(p+) {pos}", f"r(p-) {neg}", "SRP"]
     values = [result["reward"], result["reward_pos"], result["reward_neg"], result["srp"]]
     fig = go.Figure(go.Bar(x=labels, y=values, marker_color=["#64748b", "#16a34a", "#dc2626", "#4f46e5"],
-                           text=[f"{v:+.4f}" for v in values], textposition="outside"))
+                           text=[f"{v:+.4f}" for v in values], textposition="outside", cliponaxis=False))
     fig.update_layout(height=300, margin={"l": 40, "r": 20, "t": 30, "b": 40}, yaxis_title="reward")
     return fig
 
@@ -594,7 +597,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                             gen_btn = gr.Button("Generate", scale=1)
                         with gr.Row():
                             insp_image = gr.Image(type="filepath", format="png", label="Image (generated or uploaded)",
-                                                  sources=["upload", "clipboard"], height=256)
+                                                  sources=["upload", "clipboard"], height=256, elem_classes=["pixels", "fill"])
                             with gr.Column():
                                 pos_dd = gr.Dropdown(defaults["pos_words"], value=defaults["pos_words"][0] if
                                                      defaults["pos_words"] else "", label="p+ word", allow_custom_value=True)
@@ -639,7 +642,8 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                 run_name = gr.Textbox(label="Run", interactive=False)
                 progress = gr.Markdown("Press Launch to start a session.", elem_id="tune-progress")
                 tune_plot = gr.Plot(label="Curves", elem_id="tune-curves")
-                tune_gallery = gr.Gallery(label="Previews", columns=6, height=200, elem_id="tune-previews")
+                tune_gallery = gr.Gallery(label="Previews", columns=8, height=180, object_fit="contain",
+                                          elem_id="tune-previews", elem_classes="pixels")
 
             with gr.Tab("Recoveries", id="recoveries"):
                 gr.Markdown("One clean sample, noised to each sigma; rows: noisy state, naive one-step x0, "
@@ -651,8 +655,9 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                     rec_sigmas = gr.Textbox("0.1, 0.3, 0.5, 0.7, 0.9", label="Sigmas", scale=2)
                     rec_btn = gr.Button("Recover", scale=1)
                 with gr.Row():
-                    rec_grid = gr.Image(label="noisy / one-step / Direct-Align", format="png", height=300)
-                    rec_plot = gr.Plot(label="PSNR against sigma")
+                    rec_grid = gr.Image(label="noisy / one-step / Direct-Align", format="png", height=300, elem_id="rec-grid",
+                                        elem_classes=["pixels", "fill"])
+                    rec_plot = gr.Plot(label="PSNR against sigma", elem_id="rec-plot")
                 rec_table = gr.JSON(label="PSNR data (dB)")
 
             with gr.Tab("Compare", id="compare"):
@@ -663,9 +668,10 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                     cmp_b = gr.Dropdown([("base model", BASE)], value=BASE, label="B", allow_custom_value=True, scale=2)
                     cmp_btn = gr.Button("Compare", scale=1)
                 with gr.Row():
-                    cmp_img_a = gr.Image(label="A", format="png", height=256)
-                    cmp_slider = gr.ImageSlider(label="A | B", type="pil", height=256)
-                    cmp_img_b = gr.Image(label="B", format="png", height=256)
+                    cmp_img_a = gr.Image(label="A", format="png", height=256, elem_classes=["pixels", "fill"], elem_id="cmp-a")
+                    cmp_slider = gr.ImageSlider(label="A | B", type="pil", height=256, elem_classes=["pixels", "fill"],
+                                                 elem_id="cmp-slider")
+                    cmp_img_b = gr.Image(label="B", format="png", height=256, elem_classes=["pixels", "fill"], elem_id="cmp-b")
                 cmp_scores = gr.JSON(label="Rewards of A and B (control words from the Control words tab)")
 
             with gr.Tab("Runs", id="runs"):
@@ -674,10 +680,11 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                     refresh_btn = gr.Button("Refresh", scale=1)
                 run_info = gr.Markdown(elem_id="run-info")
                 run_plot = gr.Plot(label="Curves")
-                run_gallery = gr.Gallery(label="Previews", columns=6, height=200)
+                run_gallery = gr.Gallery(label="Previews", columns=8, height=180, object_fit="contain",
+                                         elem_classes="pixels")
                 with gr.Row():
                     run_config = gr.JSON(label="Resolved config (a preset: replay with --preset <run>/config.json)")
-                    run_lora = gr.File(label="LoRA weights")
+                    run_lora = gr.File(label="LoRA weights", elem_id="run-lora")
                 with gr.Row():
                     run_stop_btn = gr.Button("Stop this run", variant="stop")
                     delete_btn = gr.Button("Delete this run…")
@@ -691,11 +698,14 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
         # -------- events: control words
         words_out = [pos_dd, neg_dd, form["pos_words"], form["neg_words"], words_note]
         for box in (pos_text, neg_text):
-            box.input(apply_words, [pos_text, neg_text, pos_dd, neg_dd], words_out, api_visibility="private", **free)
+            # always_last: the default ("once") would drop the keystrokes typed while one is processed.
+            box.input(apply_words, [pos_text, neg_text, pos_dd, neg_dd], words_out, api_visibility="private",
+                      trigger_mode="always_last", **free)
         load_btn.click(load_words, [words_preset], [pos_text, neg_text], api_visibility="private", **free).success(
             apply_words, [pos_text, neg_text, pos_dd, neg_dd], words_out, api_visibility="private", **free)
         for name, box in (("pos_words", pos_text), ("neg_words", neg_text)):
-            form[name].input(lambda text: text, [form[name]], [box], api_visibility="private", **free).then(
+            form[name].input(lambda text: text, [form[name]], [box], api_visibility="private",
+                             trigger_mode="always_last", **free).then(
                 apply_words, [pos_text, neg_text, pos_dd, neg_dd], words_out, api_visibility="private", **free)
         save_btn.click(save_words, [save_name, pos_text, neg_text], [words_preset, tune_preset],
                        api_visibility="private", **free)
@@ -759,7 +769,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         p.exit(2, f"error: {e}\n")
     _, url, share_url = demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share,
-                                            prevent_thread_lock=True, quiet=True)
+                                            prevent_thread_lock=True, quiet=True, css=CSS)
     print(f"SRPO Studio running at {url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
     demo.block_thread()
 
