@@ -46,8 +46,8 @@ def cmd_train(args) -> int:
     bar = None
     session = Session(cfg, args.out, preset=args.preset)
     for event in session:
-        if not getattr(session, "accelerator", None) or not session.accelerator.is_main_process:
-            continue  # under `accelerate launch`, the main process alone reports
+        if not session.is_main_process:
+            continue
         if isinstance(event, Started):
             if not args.json:
                 print(f"run {event.run_dir}  " + "  ".join(f"{k}={v}" for k, v in event.derived.items()), file=sys.stderr)

@@ -62,7 +62,13 @@ class Session:
         self.cfg, self.runs_root, self.preset = cfg, Path(runs_root), preset
         self.models = models
         self.store: RunStore | None = None
+        self.accelerator: Accelerator | None = None
         self._stop = threading.Event()
+
+    @property
+    def is_main_process(self) -> bool:
+        """False only on the other processes of a multi-process run, which leave reporting to the main one."""
+        return self.accelerator is None or self.accelerator.is_main_process
 
     def stop(self) -> None:
         """Ask the session to end after the step in progress; the run directory stays valid."""
