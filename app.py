@@ -222,7 +222,7 @@ def finite(value):
 
 def curves_figure(rows: list[dict]) -> go.Figure:
     titles = [t for _, t in CURVES] + ["reward against sigma"]
-    fig = make_subplots(rows=2, cols=3, subplot_titles=titles, horizontal_spacing=0.07, vertical_spacing=0.16)
+    fig = make_subplots(rows=2, cols=3, subplot_titles=titles, horizontal_spacing=0.07, vertical_spacing=0.22)
     steps = [r["step"] for r in rows]
     for i, (key, title) in enumerate(CURVES):
         fig.add_trace(go.Scatter(x=steps, y=[r.get(key) for r in rows], mode="lines+markers", name=title,
@@ -235,7 +235,10 @@ def curves_figure(rows: list[dict]) -> go.Figure:
     fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_xaxes(title_text="step", row=2, col=2)
     fig.update_xaxes(title_text="sigma", row=2, col=3)
-    fig.update_layout(height=460, showlegend=False, margin={"l": 40, "r": 20, "t": 40, "b": 40})
+    lrs = [r["lr"] for r in rows if r.get("lr") is not None]
+    # A constant schedule is a flat line, and plotly's autorange would centre it on a meaningless span.
+    fig.update_yaxes(exponentformat="e", range=[0, 1.25 * max(lrs)] if lrs and max(lrs) > 0 else None, row=2, col=2)
+    fig.update_layout(height=480, showlegend=False, margin={"l": 50, "r": 20, "t": 40, "b": 40})
     return fig
 
 
@@ -291,6 +294,13 @@ def image_tensor(path: str | None, resolution: int):
                           "megapixels (it is scaled down to the model's resolution anyway).")
     with evaluate.load_image(path) as image:
         return from_pil(image, resolution).unsqueeze(0)
+
+
+def crisp(image, side: int = 256):
+    """Nearest-neighbour upscale for display, so a 32 px toy image reads as pixels, not blur."""
+    image = Image.fromarray(image) if not isinstance(image, Image.Image) else image
+    factor = max(1, side // max(image.size))
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
 def form_value(value):
@@ -669,7 +679,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                     cmp_btn = gr.Button("Compare", scale=1)
                 with gr.Row():
                     cmp_img_a = gr.Image(label="A", format="png", height=256, elem_classes=["pixels", "fill"], elem_id="cmp-a")
-                    cmp_slider = gr.ImageSlider(label="A | B", type="pil", height=256, elem_classes=["pixels", "fill"],
+                    cmp_slider = gr.ImageSlider(label="A | B", type="pil", height=256, format="png",
                                                  elem_id="cmp-slider")
                     cmp_img_b = gr.Image(label="B", format="png", height=256, elem_classes=["pixels", "fill"], elem_id="cmp-b")
                 cmp_scores = gr.JSON(label="Rewards of A and B (control words from the Control words tab)")
@@ -725,7 +735,8 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                          **free).success(
             train, [tune_preset, overrides_code, form["steps"], tab_state], [run_name, progress, tune_plot, tune_gallery],
             api_name="train", **device_queue)
-        stop_btn.click(stop_tab, [tab_state], [progress], api_visibility="private", **free)
+        # Off the queue: a click must reach the session at once, not behind queued status updates.
+        stop_btn.click(stop_tab, [tab_state], [progress], api_visibility="private", queue=False)
         gr.api(stop_run, api_name="stop", **free)
 
         # -------- events: recoveries, compare
@@ -733,7 +744,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                       api_name="recover", **device_queue)
         cmp_btn.click(compare, [cmp_prompt, cmp_seed, cmp_a, cmp_b, pos_dd, neg_dd], [cmp_img_a, cmp_img_b, cmp_scores],
                       api_name="compare", **device_queue).then(
-            lambda a, b: (a, b), [cmp_img_a, cmp_img_b], [cmp_slider], api_visibility="private", **free)
+            lambda a, b: (crisp(a), crisp(b)), [cmp_img_a, cmp_img_b], [cmp_slider], api_visibility="private", **free)
 
         # -------- events: runs
         lists = [runs_dd, rec_model, cmp_a, cmp_b]
@@ -754,13 +765,17 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="SRPO Studio: the Gradio app.")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=7860)
+    # Defaults come from the environment where flags cannot be given: a Hugging Face Space runs
+    # `python app.py` with GRADIO_SERVER_NAME=0.0.0.0, and its variables can set SRPO_PRESET.
+    env = os.environ.get
+    p.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="address to listen on (0.0.0.0 for every interface; default 127.0.0.1 or $GRADIO_SERVER_NAME)")
+    p.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    p.add_argument("--preset", default=config.DEFAULT_PRESET,
+    p.add_argument("--preset", default=env("SRPO_PRESET", config.DEFAULT_PRESET),
                    help=f"model world for inference and the Tune form's default ({', '.join(config.preset_names())} "
-                        "or a YAML/JSON file)")
-    p.add_argument("--runs-dir", default="runs", help="runs root (default: runs)")
+                        "or a YAML/JSON file; default $SRPO_PRESET or %(default)s)")
+    p.add_argument("--runs-dir", default=env("SRPO_RUNS_DIR", "runs"), help="runs root (default: runs or $SRPO_RUNS_DIR)")
     p.add_argument("--user-presets", help="folder for saved control-word presets (default: <runs-dir>/../user_presets)")
     p.add_argument("--analytics", action="store_true", help="let Gradio send its usage analytics (off by default)")
     args = p.parse_args(argv)
