@@ -183,3 +183,10 @@ def test_score_refuses_a_file_that_is_not_an_image(server, tmp_path):
     text.write_text("not an image")
     with pytest.raises(AppError):
         server["client"].predict(handle_file(str(text)), PROMPT, "Detailed", "Smooth", api_name="/score")
+
+
+def test_score_refuses_a_huge_image_before_decoding_it(server, tmp_path):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (6400, 6400)).save(big)
+    with pytest.raises(AppError, match="megapixels"):
+        server["client"].predict(handle_file(str(big)), PROMPT, "Detailed", "Smooth", api_name="/score")

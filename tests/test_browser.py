@@ -136,6 +136,10 @@ def test_inspector_follows_the_control_words(page):
 
 def test_five_step_session_streams_curves_and_a_preview(page):
     open_tab(page, "Tune")
+    page.get_by_label("lr", exact=True).fill("-1")
+    page.get_by_role("button", name="Launch").click()
+    expect(page.get_by_text("lr must be greater than 0")).to_be_visible()
+    page.get_by_label("lr", exact=True).fill("0.001")
     page.get_by_label("steps", exact=True).fill("5")
     t0 = time.perf_counter()
     page.get_by_role("button", name="Launch").click()
@@ -177,6 +181,11 @@ def test_stop_ends_a_session_and_keeps_the_run(page):
 
 def test_recoveries_tab(page):
     open_tab(page, "Recoveries")
+    prompt = page.get_by_label("Prompt", exact=True).filter(visible=True)
+    prompt.fill("")
+    page.get_by_role("button", name="Recover").click()
+    expect(page.get_by_text("prompt is empty")).to_be_visible()
+    prompt.fill(PROMPT)
     page.get_by_role("button", name="Recover").click()
     expect(page.get_by_text("direct_align_psnr")).to_be_visible()
     expect(page.locator("#rec-grid img")).to_be_visible()
@@ -198,6 +207,24 @@ def test_compare_base_with_the_latest_run(page):
     shot(page, "6-compare")
 
 
+def test_a_refreshed_page_finds_watches_and_stops_a_running_session(page):
+    open_tab(page, "Tune")
+    page.get_by_label("steps", exact=True).fill("500")
+    page.get_by_role("button", name="Launch").click()
+    expect(page.locator("#tune-progress")).to_contain_text(re.compile(r"step \d+/500"), timeout=60_000)
+    page.reload()
+    open_tab(page, "Runs")
+    info = page.locator("#run-info")
+    expect(info).to_contain_text("running")
+    seen = re.search(r"step (\d+)/500", info.inner_text()).group(0)
+    expect(info).not_to_contain_text(seen)  # the page polls the run's files while it trains
+    page.get_by_role("button", name="Delete this run…").click()
+    expect(page.get_by_text("still training; stop it first")).to_be_visible()
+    shot(page, "7-runs-watching")
+    page.get_by_role("button", name="Stop this run").click()
+    expect(info).to_contain_text("stopped", timeout=30_000)
+
+
 def test_delete_asks_for_confirmation(page):
     open_tab(page, "Runs")
     page.get_by_role("button", name="Refresh").click()
@@ -205,7 +232,7 @@ def test_delete_asks_for_confirmation(page):
     run = page.locator("#run-info strong").first.inner_text()
     page.get_by_role("button", name="Delete this run…").click()
     expect(page.get_by_text("for good?")).to_be_visible()
-    shot(page, "7-delete-confirm")
+    shot(page, "8-delete-confirm")
     page.get_by_role("button", name="Yes, delete it").click()
     expect(page.get_by_text(f"Deleted {run}")).to_be_visible()
     expect(page.locator("#run-info strong").first).not_to_have_text(run)
