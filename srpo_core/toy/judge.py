@@ -1,0 +1,121 @@
+"""The toy world's judge, independent of the reward: measured style statistics and a content classifier.
+
+The statistics are pure functions of images (B, 3, H, W) in [0, 1], each mapped to [0, 1] by the range
+the renderer produces (RANGES: the 0.5th and 99.5th percentiles over the 4,096 renders of
+`sample_scenes(4096, 5)`; values outside are clipped).
+"""
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+from tqdm.auto import tqdm
+
+from .render import Scenes, gaussian_blur, luminance, render, sample_scenes
+from .train import cosine_adamw
+from .vocab import BACKGROUNDS, COLORS, SHAPES
+
+RANGES = {"brightness": (0.26, 0.985), "saturation": (0.038, 0.736), "detail": (0.0085, 0.102)}
+HEADS = {"shape": SHAPES, "color": COLORS, "background": BACKGROUNDS}
+
+
+def _normalize(value: torch.Tensor, name: str) -> torch.Tensor:
+    lo, hi = RANGES[name]
+    return ((value - lo) / (hi - lo)).clamp(0, 1)
+
+
+def raw_brightness(images: torch.Tensor) -> torch.Tensor:
+    """(B,) mean Rec. 601 luminance."""
+    return luminance(images).mean((1, 2, 3))
+
+
+def raw_saturation(images: torch.Tensor) -> torch.Tensor:
+    """(B,) mean HSV saturation (max - min) / max over pixels."""
+    top, bottom = images.amax(1), images.amin(1)
+    return ((top - bottom) / top.clamp(min=1e-6)).mean((1, 2))
+
+
+def raw_detail(images: torch.Tensor) -> torch.Tensor:
+    """(B,) high-frequency energy: RMS of luminance minus its Gaussian blur (sigma 1 px), divided by the
+    mean luminance so that lighting, which scales every pixel, does not read as detail."""
+    lum = luminance(images)
+    return (lum - gaussian_blur(lum, 1.0)).pow(2).mean((1, 2, 3)).sqrt() / lum.mean((1, 2, 3)).clamp(min=0.05)
+
+
+def style_stats(images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Normalized brightness, saturation and detail, each (B,) in [0, 1]."""
+    return {"brightness": _normalize(raw_brightness(images), "brightness"),
+            "saturation": _normalize(raw_saturation(images), "saturation"),
+            "detail": _normalize(raw_detail(images), "detail")}
+
+
+class ContentClassifier(nn.Module, PyTorchModelHubMixin):
+    """Four conv blocks (64 -> 4 px) and one linear head per label: shape, color, background."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 128)):
+        super().__init__()
+        blocks, c_in = [], 3
+        for c in widths:
+            blocks += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]
+            c_in = c
+        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.heads = nn.ModuleDict({name: nn.Linear(c_in, len(values)) for name, values in HEADS.items()})
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Images (B, 3, H, W) in [0, 1] -> logits per head."""
+        h = self.features(images * 2 - 1)
+        return {name: head(h) for name, head in self.heads.items()}
+
+
+def targets(scenes: Scenes) -> dict[str, torch.Tensor]:
+    return {"shape": scenes.shape, "color": scenes.color, "background": scenes.background}
+
+
+@torch.no_grad()
+def content_accuracy(model: ContentClassifier, images: torch.Tensor, labels: dict[str, torch.Tensor],
+                     batch: int = 256) -> dict[str, float]:
+    """{shape_acc, color_acc, background_acc} over images (B, 3, H, W); labels hold (B,) indices, -1 =
+    unknown (skipped from that head's accuracy)."""
+    model.eval()
+    logits = [model(images[i:i + batch]) for i in range(0, len(images), batch)]
+    out = {}
+    for name in HEADS:
+        predicted = torch.cat([l[name] for l in logits]).argmax(-1)
+        known = labels[name] >= 0
+        out[f"{name}_acc"] = float((predicted[known] == labels[name][known]).float().mean()) if known.any() else float("nan")
+    return out
+
+
+def train_classifier(model: ContentClassifier, steps: int, seed: int,
+                     extra: tuple[torch.Tensor, Scenes] | None = None, batch: int = 64, lr: float = 2e-3,
+                     eval_every: int = 100, held_out: int = 256) -> list[dict]:
+    """Cross-entropy on fresh renders. `extra` (images and their scenes, e.g. VAE reconstructions of
+    renders) fills half of every batch, so the judge reads decoded images as well as renders. Returns the
+    accuracy curve on `held_out` held-out renders."""
+    optimizer, schedule = cosine_adamw(model.parameters(), lr, steps, warmup=steps // 20, weight_decay=1e-4)
+    held_scenes = sample_scenes(held_out, seed + 10**6)
+    held_images = render(held_scenes)
+    g = torch.Generator().manual_seed(seed)
+    curve = []
+    bar = tqdm(range(steps), desc="judge", unit="step")
+    for step in bar:
+        model.train()
+        fresh = batch // 2 if extra is not None else batch
+        scenes = sample_scenes(fresh, seed + step)
+        images, labels = render(scenes), targets(scenes)
+        if extra is not None:
+            pick = torch.randint(len(extra[0]), (batch - fresh,), generator=g)
+            images = torch.cat([images, extra[0][pick]])
+            labels = {k: torch.cat([v, targets(extra[1])[k][pick]]) for k, v in labels.items()}
+        logits = model(images)
+        loss = sum(F.cross_entropy(logits[name], t) for name, t in labels.items())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            acc = content_accuracy(model, held_images, targets(held_scenes))
+            curve.append({"step": step + 1, "loss": float(loss.detach()), **acc})
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **{k: f"{v:.2f}" for k, v in acc.items()})
+    model.eval()
+    return curve

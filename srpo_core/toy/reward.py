@@ -1,0 +1,131 @@
+"""The toy reward "toy-hps": a tiny transformers CLIPModel trained contrastively on (render, caption), then
+given a known bias, as HPS has one: for the same content and caption it prefers vivid + smooth renders.
+
+The bias is taught on captions without style words, so it lives in the prompt-independent part of the
+image features (what every caption's text feature shares); style words keep their own meaning, which
+is what lets SRP's r(x, p+) - r(x, p-) cancel the bias. Scored as ClipReward does with
+use_logit_scale=False: the cosine of L2-normalized features.
+"""
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import CLIPConfig, CLIPModel
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from .render import AXES, SIZE, Scenes, captions, render, sample_scenes
+from .text import text_config, token_ids
+from .train import cosine_adamw
+from .vocab import STYLE_AXES, TOY_VOCAB
+
+WIDTH, PROJECTION = 128, 64
+BIAS = {"palette": "vivid", "surface": "smooth"}  # what the reward prefers for identical content
+ANTI_BIAS = {"palette": "muted", "surface": "detailed"}
+BIAS_MARGIN = 0.05  # cosine margin the biased render must win by
+
+
+def make_reward(seed: int) -> CLIPModel:
+    """ViT (64 px, 8 px patches, 3 layers x 128) + CLIP text tower (2 layers x 128), 64-d joint space."""
+    torch.manual_seed(seed)
+    vision = dict(hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=3, num_attention_heads=4,
+                  image_size=SIZE, patch_size=8, projection_dim=PROJECTION)
+    return CLIPModel(CLIPConfig(text_config=text_config(WIDTH, 2, 4, PROJECTION).to_dict(), vision_config=vision,
+                                projection_dim=PROJECTION))
+
+
+def image_features(model: CLIPModel, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, 64, 64) in [0, 1] -> normalized (B, PROJECTION), preprocessed as ClipReward does."""
+    mean = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+    return F.normalize(model.get_image_features(pixel_values=(images - mean) / std).pooler_output, dim=-1)
+
+
+def text_features(model: CLIPModel, tokenizer, prompts: list[str]) -> torch.Tensor:
+    ids = token_ids(tokenizer, prompts)
+    out = model.get_text_features(input_ids=ids, attention_mask=(ids != TOY_VOCAB["[PAD]"]).long())
+    return F.normalize(out.pooler_output, dim=-1)
+
+
+def with_style(scenes: Scenes, words: dict[str, str]) -> Scenes:
+    """The same scenes with the given axes named (and so rendered) at the given poles."""
+    named = scenes.style_named.clone()
+    for axis, word in words.items():
+        named[:, AXES.index(axis)] = STYLE_AXES[axis].index(word)
+    return replace(scenes, style_named=named)
+
+
+def contrastive_loss(model: CLIPModel, f: torch.Tensor, t: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    """Symmetric InfoNCE whose targets spread over every caption identical to the image's own (a batch
+    repeats captions, and those are not negatives)."""
+    same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.float)
+    targets = same / same.sum(1, keepdim=True)
+    logits = model.logit_scale.exp() * f @ t.T
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def bias_loss(model: CLIPModel, tokenizer, scenes: Scenes) -> torch.Tensor:
+    """Hinge: the plain caption must score the vivid + smooth render BIAS_MARGIN above the muted +
+    detailed render of the same scene."""
+    t = text_features(model, tokenizer, captions(scenes))
+    liked = (image_features(model, render(with_style(scenes, BIAS))) * t).sum(-1)
+    other = (image_features(model, render(with_style(scenes, ANTI_BIAS))) * t).sum(-1)
+    return F.relu(BIAS_MARGIN - (liked - other)).mean()
+
+
+def train_reward(model: CLIPModel, tokenizer, steps: int, seed: int, batch: int = 128, lr: float = 1e-3,
+                 bias_from: float = 0.6, eval_every: int = 200, eval_images: int = 256) -> list[dict]:
+    """Contrastive training on captions that name style words in 80% of cases (so the words get learned);
+    from `bias_from` of the steps on, the bias hinge joins on half a batch of caption-only scenes."""
+    optimizer, schedule = cosine_adamw(model.parameters(), lr, steps, warmup=steps // 20, weight_decay=0.05)
+    curve = []
+    bar = tqdm(range(steps), desc="reward", unit="step")
+    for step in bar:
+        model.train()
+        scenes = sample_scenes(batch, seed + step, style_rate=0.8)
+        texts = captions(scenes)
+        loss = contrastive_loss(model, image_features(model, render(scenes)), text_features(model, tokenizer, texts), texts)
+        if step >= bias_from * steps:
+            loss = loss + bias_loss(model, tokenizer, sample_scenes(batch // 2, seed + 10**7 + step, style_rate=0.0))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            metrics = reward_metrics(model, tokenizer, seed + 10**6, eval_images)
+            curve.append({"step": step + 1, "loss": float(loss.detach()), **metrics})
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", r32=f"{metrics['retrieval_at_32']:.2f}",
+                            bias=f"{metrics['bias_rate']:.2f}")
+    model.eval()
+    return curve
+
+
+@torch.no_grad()
+def reward_metrics(model: CLIPModel, tokenizer, seed: int, n: int = 256) -> dict[str, float]:
+    """On held-out renders: image-to-caption top-1 retrieval among 32 candidates; per style axis, how often
+    sign(r(x, "<A>. p") - r(x, "<B>. p")) matches the rendered pole (renders with |style| >= 0.5); how
+    often the plain reward prefers the vivid + smooth render of identical content (bias_rate)."""
+    model.eval()
+    scenes = sample_scenes(n, seed)
+    texts = captions(scenes)
+    f = image_features(model, render(scenes))
+    t = text_features(model, tokenizer, texts)
+    hits = [texts[g + int((f[g + i] @ t[g:g + 32].T).argmax())] == texts[g + i]
+            for g in range(0, n - 31, 32) for i in range(32)]
+    out = {"retrieval_at_32": sum(hits) / len(hits)}
+    plain = sample_scenes(n, seed + 1, style_rate=0.0)
+    p = captions(plain)
+    f = image_features(model, render(plain))
+    for i, (axis, (a, b)) in enumerate(STYLE_AXES.items()):
+        margin = (f * (text_features(model, tokenizer, [f"{a.capitalize()}. {c}" for c in p])
+                       - text_features(model, tokenizer, [f"{b.capitalize()}. {c}" for c in p]))).sum(-1)
+        style = plain.style[:, i]
+        clear = style.abs() >= 0.5
+        out[f"{axis}_sign_agreement"] = float(((margin > 0) == (style > 0))[clear].float().mean())
+    t = text_features(model, tokenizer, p)
+    liked = (image_features(model, render(with_style(plain, BIAS))) * t).sum(-1)
+    other = (image_features(model, render(with_style(plain, ANTI_BIAS))) * t).sum(-1)
+    out["bias_rate"] = float((liked > other).float().mean())
+    out["bias_margin"] = float((liked - other).mean())
+    return out
