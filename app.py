@@ -33,7 +33,7 @@ import gradio as gr
 import plotly.graph_objects as go
 import yaml
 from plotly.subplots import make_subplots
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from srpo_core import config, evaluate, srp
 from srpo_core.config import ConfigError, RunConfig
@@ -53,6 +53,9 @@ SCAN_WORDS = ", ".join([w.capitalize() for pair in STYLE_AXES.values() for w in 
 # Toy images are 32-64 px: show them scaled up with crisp pixels instead of as thumbnails.
 CSS = (".pixels img { image-rendering: pixelated; }\n"
        ".fill img { width: 100%; height: 100%; object-fit: contain; }")
+# Launch settings the tests share with __main__: show_error makes gradio's own input errors (an upload
+# PIL cannot read fails in gr.Image's preprocessing, before any handler) visible as their message.
+LAUNCH = {"css": CSS, "show_error": True}
 CURVES = [("reward", "reward r(p)"), ("srp", "SRP reward"), ("loss", "loss"), ("grad_norm", "grad norm"),
           ("lr", "learning rate")]
 
@@ -81,7 +84,7 @@ class Lab:
 
     def __init__(self, preset: str, runs_dir: Path, user_presets: Path):
         self.preset, self.runs_dir, self.user_presets = preset, Path(runs_dir), Path(user_presets)
-        self.cfg = config.load(self.preset_ref(preset))
+        self.cfg = config.load(preset)
         self.device = threading.Lock()
         self._lock = threading.Lock()
         self._live: dict[str, Live] = {}
@@ -91,12 +94,19 @@ class Lab:
     # presets
     def preset_names(self) -> list[str]:
         user = sorted(p.stem for p in self.user_presets.glob("*.yaml")) if self.user_presets.is_dir() else []
-        return config.preset_names() + [n for n in user if n not in config.preset_names()]
+        names = config.preset_names() + [n for n in user if n not in config.preset_names()]
+        return names + ([self.preset] if self.preset not in names else [])
 
     def preset_ref(self, name: str) -> str:
-        """A preset name -> what config.read_preset takes (user presets live in their own folder)."""
+        """A preset name -> what config.read_preset takes. Only names: the app's own preset (which
+        may be a file, chosen by whoever launched it), shipped presets and user presets; a file path
+        from a browser or API caller is refused, so no one can make the server parse their files."""
         user = self.user_presets / f"{name}.yaml"
-        return str(user) if name not in config.preset_names() and user.is_file() else name
+        if name == self.preset or name in config.preset_names():
+            return name
+        if NAME_RE.match(name or "") and user.is_file():
+            return str(user)
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(self.preset_names())}.")
 
     def save_words(self, name: str, pos: list[str], neg: list[str]) -> Path:
         name = name.strip()
@@ -138,7 +148,10 @@ class Lab:
         rows = []
         for store in list_runs(self.runs_dir):
             status = store.status()
-            total = store.config().steps if (store.dir / "config.json").is_file() else "?"
+            try:
+                total = store.config().steps
+            except (ValueError, OSError):  # a hand-edited or half-copied config still lists the run
+                total = "?"
             rows.append((f"{store.name} · {self.state(store.name)} · {status.get('step', 0)}/{total}", store.name))
         return ([("base model", BASE)] if with_base else []) + rows
 
@@ -284,11 +297,8 @@ def image_tensor(path: str | None, resolution: int):
     upload is refused from its header, before PIL spends seconds decoding it."""
     if not path:
         raise ConfigError("no image yet: generate one or upload one.")
-    try:
-        with Image.open(path) as probe:
-            width, height = probe.size
-    except (UnidentifiedImageError, OSError):
-        raise ConfigError("the upload is not an image PIL can read (PNG, JPEG, WebP, ...).") from None
+    with Image.open(path) as probe:  # gr.Image's preprocessing has already refused files PIL cannot open
+        width, height = probe.size
     if width * height > MAX_PIXELS:
         raise ConfigError(f"the image is {width}x{height} pixels; upload one under {MAX_PIXELS // 1_000_000} "
                           "megapixels (it is scaled down to the model's resolution anyway).")
@@ -593,8 +603,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                                               info="comma-separated")
                         words_note = gr.Markdown()
                         with gr.Row():
-                            words_preset = gr.Dropdown(lab.preset_names(), value=preset if preset in lab.preset_names()
-                                                       else None, label="Preset", scale=3)
+                            words_preset = gr.Dropdown(lab.preset_names(), value=preset, label="Preset", scale=3)
                             load_btn = gr.Button("Load", scale=1)
                         with gr.Row():
                             save_name = gr.Textbox(label="Save as (user preset)", placeholder="my-words", scale=3)
@@ -625,7 +634,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
 
             with gr.Tab("Tune", id="tune"):
                 with gr.Row():
-                    tune_preset = gr.Dropdown(lab.preset_names(), value=preset if preset in lab.preset_names() else None,
+                    tune_preset = gr.Dropdown(lab.preset_names(), value=preset,
                                               label="Preset (the form starts from it)",
                                               allow_custom_value=True, scale=3)
                     reload_btn = gr.Button("Reset form to preset", scale=1)
@@ -784,7 +793,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         p.exit(2, f"error: {e}\n")
     _, url, share_url = demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share,
-                                            prevent_thread_lock=True, quiet=True, css=CSS)
+                                            prevent_thread_lock=True, quiet=True, **LAUNCH)
     print(f"SRPO Studio running at {url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
     demo.block_thread()
 

@@ -36,7 +36,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     runs = root / "runs"
     demo = app.build_demo(preset="tiny", runs_dir=runs)
-    _, url, _ = demo.queue().launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    _, url, _ = demo.queue().launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **app.LAUNCH)
     yield {"client": Client(url, verbose=False), "runs": runs, "root": root}
     demo.close()
 
@@ -158,6 +158,7 @@ def test_compare_base_with_a_run(server):
 @pytest.mark.parametrize("endpoint,args,message", [
     ("/generate", ("  ", 0), "prompt is empty"),
     ("/train", ("no-such-preset", "{}", 2), "unknown preset"),
+    ("/train", (str(ROOT / "presets" / "tiny.yaml"), "{}", 2), "unknown preset"),
     ("/train", ("tiny", "{steps: 3", 2), "overrides must be a JSON object"),
     ("/train", ("tiny", "[1, 2]", 2), "overrides must be a JSON object"),
     ("/train", ("tiny", "{}", 0), "steps must be a whole number greater than 0"),
@@ -181,7 +182,7 @@ def test_bad_input_is_refused_in_one_sentence(server, endpoint, args, message):
 def test_score_refuses_a_file_that_is_not_an_image(server, tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    with pytest.raises(AppError):
+    with pytest.raises(AppError, match="cannot identify image file"):
         server["client"].predict(handle_file(str(text)), PROMPT, "Detailed", "Smooth", api_name="/score")
 
 

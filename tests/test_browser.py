@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from srpo_core import config, evaluate
@@ -50,7 +51,7 @@ def page(tmp_path_factory):
                      [("Detailed", "Smooth"), ("Bright", "Smooth"), ("Bright", "Dark"), ("Qwerty", "Dark")]})
     t0 = time.perf_counter()
     demo = app.build_demo(preset="tiny", runs_dir=runs)
-    _, url, _ = demo.queue().launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, css=app.CSS)
+    _, url, _ = demo.queue().launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **app.LAUNCH)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         tab = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -132,6 +133,15 @@ def test_inspector_follows_the_control_words(page):
     page.get_by_role("button", name="Scan").click()
     expect(page.get_by_text("Realistic (unknown)")).to_be_visible()
     shot(page, "1-control-words")
+    name = page.get_by_label("Save as (user preset)")
+    name.fill("tiny")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_text("is a shipped preset and is never overwritten")).to_be_visible()
+    name.fill("mine")
+    page.get_by_role("button", name="Save").click()
+    saved = RUNS[0].parent / "user_presets" / "mine.yaml"
+    expect(page.get_by_text("Saved control words as mine")).to_be_visible()
+    assert yaml.safe_load(saved.read_text()) == {"pos_words": ["Bright", "Qwerty"], "neg_words": ["Smooth", "Dark"]}
 
 
 def test_five_step_session_streams_curves_and_a_preview(page):
