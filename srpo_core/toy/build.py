@@ -91,7 +91,7 @@ def write_card(directory: Path, title: str, what: str, record: dict) -> None:
 def build_vae(out: Path, seed: int, plan: Plan) -> dict:
     vae = make_vae(seed)
     curve = train_vae(vae, plan.steps("vae"), seed, held_out=plan.eval_images)
-    calibrate(vae, seed + 1)
+    calibrate(vae, seed + 1, n=4 * plan.eval_images)
     vae.save_pretrained(out / "generator" / "vae")
     return {"metrics": {"heldout_psnr_db": curve[-1]["psnr_db"], "latent": "16x16x8",
                           "shift_factor": vae.config.shift_factor, "scaling_factor": vae.config.scaling_factor},

@@ -48,8 +48,8 @@ def train_vae(vae: AutoencoderKL, steps: int, seed: int, batch: int = 16, lr: fl
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             vae.eval()
             db = psnr(reconstruct(vae, held_images), held_images)
-            curve.append({"step": step + 1, "mse": float(mse), "psnr_db": db})
-            bar.set_postfix(mse=f"{float(mse):.4f}", psnr=f"{db:.1f}dB")
+            curve.append({"step": step + 1, "mse": float(mse.detach()), "psnr_db": db})
+            bar.set_postfix(mse=f"{float(mse.detach()):.4f}", psnr=f"{db:.1f}dB")
     vae.eval()
     return curve
 
