@@ -24,6 +24,7 @@ from .events import Checkpoint, Event, Failed, Finished, Preview, Started, StepM
 from .lora import add_lora, lora_state_dict, make_lr_scheduler, make_optimizer
 from .models import Models, build, pick_device
 from .store import RunStore, check_writable, from_pil, save_image
+from .toy.vocab import default_prompts
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -42,7 +43,6 @@ def read_prompts_file(path: str | Path) -> list[str]:
 
 
 def training_prompts(cfg: RunConfig) -> list[str]:
-    from .toy.vocab import default_prompts
     return read_prompts_file(cfg.prompts_file) if cfg.prompts_file else (cfg.prompts or default_prompts())
 
 
