@@ -1,4 +1,5 @@
-"""SRPO Studio: the Gradio app over `srpo_core` (five tabs, five named API endpoints).
+"""SRPO Studio: the Gradio app over `srpo_core` (five tabs; named API endpoints /generate, /score,
+/train, /recover, /compare and /stop).
 
     python app.py [--host 127.0.0.1] [--port 7860] [--share] [--preset NAME|FILE] [--runs-dir runs]
 
@@ -377,8 +378,6 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
             raise fail(e) from None
 
     def show_score(result: dict, pos: str, neg: str):
-        if not result:
-            return gr.skip(), ""
         unknown = result.get("unknown_words") or []
         note = f"⚠️ The reward model does not know: **{', '.join(unknown)}**." if unknown else ""
         return score_figure(result, pos, neg), note
@@ -656,6 +655,8 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                 with gr.Row():
                     launch_btn = gr.Button("Launch", variant="primary")
                     stop_btn = gr.Button("Stop", variant="stop")
+                # Apart from the progress line: a late answer to Stop must not overwrite the final status.
+                stop_note = gr.Markdown()
                 overrides_code = gr.Code("{}", language="json", label="Overrides of the preset sent to /train",
                                          interactive=False, max_lines=12)
                 run_name = gr.Textbox(label="Run", interactive=False)
@@ -731,7 +732,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
         gen_btn.click(generate, [insp_prompt, insp_seed], [insp_image], api_name="generate", **device_queue)
         gr.on([insp_image.change, insp_prompt.change, pos_dd.change, neg_dd.change], score,
               [insp_image, insp_prompt, pos_dd, neg_dd], [score_json], api_name="score",
-              trigger_mode="always_last", show_progress="minimal", **device_queue).then(
+              trigger_mode="always_last", show_progress="minimal", **device_queue).success(
             show_score, [score_json, pos_dd, neg_dd], [score_plot, unknown_note], api_visibility="private", **free)
         scan_btn.click(scan, [insp_image, insp_prompt, scan_words], [scan_plot], api_visibility="private",
                        **device_queue)
@@ -745,7 +746,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
             train, [tune_preset, overrides_code, form["steps"], tab_state], [run_name, progress, tune_plot, tune_gallery],
             api_name="train", **device_queue)
         # Off the queue: a click must reach the session at once, not behind queued status updates.
-        stop_btn.click(stop_tab, [tab_state], [progress], api_visibility="private", queue=False)
+        stop_btn.click(stop_tab, [tab_state], [stop_note], api_visibility="private", queue=False)
         gr.api(stop_run, api_name="stop", **free)
 
         # -------- events: recoveries, compare
