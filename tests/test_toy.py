@@ -3,12 +3,15 @@
 import pytest
 import torch
 
+from srpo_core.backends import FluxBackend
+from srpo_core.rewards import ClipReward
 from srpo_core.toy import generator as gen
 from srpo_core.toy.build import Plan, build
 from srpo_core.toy.judge import RANGES, ContentClassifier, raw_brightness, raw_detail, raw_saturation, style_stats
 from srpo_core.toy.render import AXES, Labels, captions, parse, render, sample_scenes, scenes_for
 from srpo_core.toy.text import EOS_ID, toy_tokenizer
-from srpo_core.toy.vocab import STYLE_AXES, TOY_VOCAB, VOCAB, default_prompts
+from srpo_core.toy.vae import make_vae
+from srpo_core.toy.vocab import BACKGROUNDS, COLORS, SHAPES, STYLE_AXES, TOY_VOCAB, VOCAB, default_prompts
 
 
 def test_render_is_deterministic_by_seed():
@@ -25,7 +28,7 @@ def test_caption_round_trip():
         labels, unparsed = parse(text)
         assert unparsed == []
         assert (labels.shape, labels.color, labels.background) == (
-            gen.SHAPES[scenes.shape[i]], gen.COLORS[scenes.color[i]], gen.BACKGROUNDS[scenes.background[i]])
+            SHAPES[scenes.shape[i]], COLORS[scenes.color[i]], BACKGROUNDS[scenes.background[i]])
         again = scenes_for([labels], seed=i)
         assert captions(again) == [text]
 
@@ -72,22 +75,19 @@ def test_toy_tokenizer_keeps_eos_and_knows_every_word():
     assert tok.convert_tokens_to_ids("zebra") == tok.unk_token_id
 
 
-def test_velocity_matches_the_flux_backend():
-    from srpo_core.backends import FluxBackend
-    torch.manual_seed(0)
-    from srpo_core.toy.vae import make_vae
+def test_text_and_velocity_match_the_flux_backend():
     backend = FluxBackend(gen.make_transformer(0), make_vae(0), gen.make_text_encoder(1), toy_tokenizer())
-    cond = backend.encode_prompts(["a red circle on sky", "Dark. a blue square on snow"])
-    x, sigma = torch.randn(2, 8, 16, 16), torch.tensor([0.3, 0.9])
-    embeds, pooled = gen.encode_text(backend.text_encoder, backend.tokenizer, ["a red circle on sky", "Dark. a blue square on snow"])
-    assert torch.allclose(cond.embeds, embeds) and torch.allclose(cond.pooled, pooled)
+    prompts = ["a red circle on sky", "Dark. a blue square on snow"]
+    cond = backend.encode_prompts(prompts)
+    x, sigma = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0.3, 0.9])
     with torch.no_grad():
-        assert torch.allclose(backend.velocity(x, sigma, cond), gen.velocity(backend.transformer, x, sigma, embeds, pooled), atol=1e-6)
+        embeds, pooled = gen.encode_text(backend.text_encoder, backend.tokenizer, prompts)
+        ours = gen.velocity(backend.transformer, x, sigma, embeds, pooled)
+        assert torch.allclose(cond.embeds, embeds) and torch.allclose(cond.pooled, pooled)
+        assert torch.allclose(backend.velocity(x, sigma, cond), ours, atol=1e-6)
 
 
 def test_smoke_build_writes_loadable_directories(tmp_path):
-    from srpo_core.backends import FluxBackend
-    from srpo_core.rewards import ClipReward
     plan = Plan(scale=1e-4, generator_pool=32, judge_reconstructions=32, eval_images=32, eval_seeds=1, sample_steps=2)
     log = build(tmp_path, plan)
     assert set(log) == {"vae", "judge", "generator", "reward"}
@@ -99,7 +99,8 @@ def test_smoke_build_writes_loadable_directories(tmp_path):
     backend = FluxBackend.from_pretrained(tmp_path / "generator")
     assert backend.latent_shape(64) == (8, 16, 16) and backend.unknown_words("a red zebra") == ["zebra"]
     cond = backend.encode_prompts(["a red circle on sky"])
-    assert backend.decode(backend.velocity(torch.randn(1, 8, 16, 16), torch.tensor([0.5]), cond)).shape == (1, 3, 64, 64)
+    v = backend.velocity(torch.randn(1, 8, 16, 16), torch.tensor([0.5]), cond)
+    assert backend.decode(v).shape == (1, 3, 64, 64)
     reward = ClipReward.from_pretrained(tmp_path / "reward", use_logit_scale=False)
     f = reward.image_features(render(sample_scenes(2, 0)))
     assert f.shape == (2, 64) and reward.scale == 1.0 and reward.unknown_words("a red zebra") == ["zebra"]

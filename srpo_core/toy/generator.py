@@ -132,7 +132,8 @@ def train_generator(transformer: FluxTransformer2DModel, text_encoder: CLIPTextM
     accuracy on samples of the EMA model (cfg `eval_cfg`, one seed per eval prompt)."""
     latents, texts = encode_pool(vae, pool, seed)
     nets = torch.nn.ModuleDict({"transformer": transformer, "text_encoder": text_encoder})
-    ema = AveragedModel(nets, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+    # parameters only: the text tower's integer position_ids buffer must not be averaged (it would be truncated)
+    ema = AveragedModel(nets, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
     optimizer, schedule = cosine_adamw(nets.parameters(), lr, steps, warmup=max(steps // 25, 1), weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     curve, losses = [], []
