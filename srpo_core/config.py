@@ -30,6 +30,11 @@ Weighting = Literal["k-schedule", "lambda"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
+# Beyond these a value is a typo, not a plan: refuse it before it turns into an out-of-memory kill.
+UPPER_BOUNDS = {"resolution": 2048, "batch_size": 64, "rollout_steps": 1000, "lora_rank": 1024, "steps": 1_000_000,
+                "grad_accum": 1024, "train_grid_len": 100_000}
+
+
 class ConfigError(ValueError):
     """A bad config value or key; the message is one sentence naming the allowed values."""
 
@@ -115,6 +120,11 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be greater than 0 (got {getattr(self, name)}).")
+        for name, most in UPPER_BOUNDS.items():
+            if getattr(self, name) > most:
+                raise ConfigError(f"{name} must be at most {most} (got {getattr(self, name)}).")
+        if self.resolution % 16:
+            raise ConfigError(f"resolution must be a multiple of 16, the VAE's downsampling times FLUX's 2x2 packing (got {self.resolution}).")
         for name in ["weight_decay", "grad_clip", "max_sequence_length", "lora_dropout", "warmup_steps", "preview_every", "checkpoint_every"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or greater (got {getattr(self, name)}).")

@@ -199,10 +199,11 @@ def write_fixtures(out: str | Path) -> dict[str, Path]:
     arch = out / "open-clip-tiny.json"
     arch.write_text(json.dumps(tiny.OPEN_CLIP_TINY, indent=2))
     import open_clip
-    torch.manual_seed(2)
     name = open_clip_architecture(str(arch))
     (out / "hps-tiny").mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": open_clip.create_model(name, pretrained=None).state_dict()}, out / "hps-tiny" / HPS_FILE)
+    with tiny.seeded(2):
+        model = open_clip.create_model(name, pretrained=None)
+    torch.save({"state_dict": model.state_dict()}, out / "hps-tiny" / HPS_FILE)
     paths = {"model": out / "flux-tiny", "reward_model": out / "clip-tiny", "flux": out / "flux-pipeline-tiny",
              "sd3": out / "sd3-pipeline-tiny", "hpsv2.1": out / "hps-tiny" / HPS_FILE,
              "pickscore": out / "pickscore-tiny", "clip": out / "clip-tiny", "open_clip_arch": arch}

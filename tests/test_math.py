@@ -127,6 +127,9 @@ def test_prompt_augmentation_and_round_robin():
     ({"prompts": ["ok", "  "]}, "empty or whitespace"),
     ({"inversion": "maybe"}, "inversion must be true or false"),
     ({"pos_words": ""}, "needs at least one positive and one negative control word"),
+    ({"resolution": "100000"}, "resolution must be at most 2048"),
+    ({"resolution": "40"}, "resolution must be a multiple of 16"),
+    ({"batch_size": "1000"}, "batch_size must be at most 64"),
 ])
 def test_config_refuses_bad_values_with_a_sentence(overrides, needle):
     with pytest.raises(ConfigError, match=None) as err:
