@@ -9,7 +9,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from srpo_core import config, evaluate
-from srpo_core.events import Checkpoint, Failed, Finished, Preview, Started, StepMetrics
+from srpo_core.events import Checkpoint, Failed, Finished, Started, StepMetrics
 from srpo_core.session import Session
 from srpo_core.store import RunStore, list_runs
 

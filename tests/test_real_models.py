@@ -3,7 +3,6 @@ FluxPipeline / StableDiffusion3Pipeline directories, an HPS-format open_clip che
 CLIP directory. Loaded through the same code as FLUX.1-dev, SD3.5, HPSv2.1 and PickScore; nothing downloads."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

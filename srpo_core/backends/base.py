@@ -84,3 +84,32 @@ def vae_encode(vae, images: torch.Tensor) -> torch.Tensor:
     cfg = vae.config
     z = vae.encode((images * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mode()
     return (z.float() - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
+
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+class DiffusersBackend:
+    """What the diffusers-backed backends share: VAE decode/encode and LoRA files in the format of
+    `pipeline_class.save_lora_weights`, which that pipeline's `load_lora_weights` reads back."""
+    pipeline_class: type
+    vae: torch.nn.Module
+    vae_checkpointed: bool
+    transformer: torch.nn.Module
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C, H, W) -> images (B, 3, H * s, W * s) in [0, 1], differentiable."""
+        return vae_decode(self.vae, latents, self.vae_checkpointed)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return vae_encode(self.vae, images)
+
+    def save_lora(self, directory: Path, state_dict: dict) -> Path:
+        # the adapter config (alpha, rank, targets) rides along: without it loaders assume alpha = rank
+        self.pipeline_class.save_lora_weights(directory, transformer_lora_layers=state_dict, weight_name=LORA_WEIGHTS,
+                                              transformer_lora_adapter_metadata=self.transformer.peft_config["default"].to_dict())
+        return Path(directory) / LORA_WEIGHTS
+
+    def load_lora(self, path: Path) -> None:
+        path = Path(path)
+        self.transformer.load_lora_adapter(str(path.parent), weight_name=path.name, prefix="transformer")

@@ -13,13 +13,13 @@ from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 from transformers import AutoTokenizer, CLIPTextModel
 
 from ..tokens import unknown_words
-from .base import Cond, PromptCache, configure_vae, vae_decode, vae_encode
+from .base import Cond, DiffusersBackend, PromptCache, configure_vae
 
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 MAX_SEQUENCE_LENGTH = 512  # FLUX.1-dev's T5 length (schnell uses 256)
 
 
-class FluxBackend:
+class FluxBackend(DiffusersBackend):
+    pipeline_class = FluxPipeline
     uses_cfg = False  # guidance is an embedding input, not CFG
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
@@ -113,19 +113,3 @@ class FluxBackend:
                             txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
         return FluxPipeline._unpack_latents(out, h * self.vae_scale, w * self.vae_scale, self.vae_scale).to(x.dtype)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents (B, C, H, W) -> images (B, 3, H * s, W * s) in [0, 1], differentiable."""
-        return vae_decode(self.vae, latents, self.vae_checkpointed)
-
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return vae_encode(self.vae, images)
-
-    def save_lora(self, directory: Path, state_dict: dict) -> Path:
-        # the adapter config (alpha, rank, targets) rides along: without it loaders assume alpha = rank
-        FluxPipeline.save_lora_weights(directory, transformer_lora_layers=state_dict, weight_name=LORA_WEIGHTS,
-                                            transformer_lora_adapter_metadata=self.transformer.peft_config["default"].to_dict())
-        return Path(directory) / LORA_WEIGHTS
-
-    def load_lora(self, path: Path) -> None:
-        path = Path(path)
-        self.transformer.load_lora_adapter(str(path.parent), weight_name=path.name, prefix="transformer")

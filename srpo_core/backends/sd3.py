@@ -12,13 +12,13 @@ import torch
 from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
 from ..tokens import unknown_words
-from .base import Cond, PromptCache, configure_vae, vae_decode, vae_encode
+from .base import Cond, DiffusersBackend, PromptCache, configure_vae
 
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default T5 length
 
 
-class SD3Backend:
+class SD3Backend(DiffusersBackend):
+    pipeline_class = StableDiffusion3Pipeline
     # diffusers' train_dreambooth_lora_sd3 defaults; SD3.5's second attention (attn2) shares these names
     uses_cfg = True  # guidance is classifier-free (uncond + cond batch)
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
@@ -90,19 +90,3 @@ class SD3Backend:
             v = v_u + guidance * (v_c - v_u)
         return v
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents (B, 16, H, W) -> images (B, 3, H * 8, W * 8) in [0, 1], differentiable."""
-        return vae_decode(self.vae, latents, self.vae_checkpointed)
-
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return vae_encode(self.vae, images)
-
-    def save_lora(self, directory: Path, state_dict: dict) -> Path:
-        # the adapter config (alpha, rank, targets) rides along: without it loaders assume alpha = rank
-        StableDiffusion3Pipeline.save_lora_weights(directory, transformer_lora_layers=state_dict, weight_name=LORA_WEIGHTS,
-                                                        transformer_lora_adapter_metadata=self.transformer.peft_config["default"].to_dict())
-        return Path(directory) / LORA_WEIGHTS
-
-    def load_lora(self, path: Path) -> None:
-        path = Path(path)
-        self.transformer.load_lora_adapter(str(path.parent), weight_name=path.name, prefix="transformer")
