@@ -83,14 +83,17 @@ class Floor:
         return t.totals
 
 
-def run(preset: str, steps: int = 12, warmup: int = 2) -> dict:
+def run(preset: str, steps: int = 12, warmup: int = 2, compile: bool = False) -> dict:
+    """With compile=True the session's transformer is torch.compile'd while the floor stays eager, so
+    overhead_ratio below 1 is the speed-up compile buys (its compile time falls in the warm-up steps)."""
     cfg = config.load(preset, {"steps": steps + warmup, "preview_every": 0, "checkpoint_every": 0, "method": "srpo"})
     floor = Floor(cfg)
+    cfg = cfg.replace(compile_transformer=compile)
     with tempfile.TemporaryDirectory(prefix="srpo-bench-") as scratch:
         session_s, floor_s, splits = _interleaved(Session(cfg, runs_root=scratch, preset=preset), floor, steps, warmup)
     toy_step = statistics.median(session_s)
     floor_step = statistics.median(floor_s)
-    result = {"preset": preset, "steps_measured": steps, "toy_step_s": toy_step, "floor_step_s": floor_step,
+    result = {"preset": preset, "compiled": compile, "steps_measured": steps, "toy_step_s": toy_step, "floor_step_s": floor_step,
               "overhead_ratio": toy_step / floor_step}
     for key in splits[0]:
         result[f"floor_{key}_s"] = statistics.median(s.get(key, 0.0) for s in splits)

@@ -132,7 +132,7 @@ def cmd_bench(args) -> int:
     from . import bench
     if args.steps < 10:
         raise ConfigError(f"--steps must be at least 10 for a stable median (got {args.steps}).")
-    result = bench.run(args.preset, args.steps, args.warmup)
+    result = bench.run(args.preset, args.steps, args.warmup, args.compile)
     if not args.json:
         print(bench.table(result))
     else:
@@ -179,6 +179,7 @@ def build_parser() -> Parser:
     c = command("bench", cmd_bench, "Seconds per SRPO step against a bare torch loop, sampling speed, inspector latency, memory.")
     c.add_argument("--steps", type=int, default=12, help="measured steps (median; at least 10)")
     c.add_argument("--warmup", type=int, default=2)
+    c.add_argument("--compile", action="store_true", help="torch.compile the session's transformer (the floor stays eager)")
     c = command("fixtures", cmd_fixtures, "Write tiny random models in the real on-disk formats.", preset=False)
     c.add_argument("--out", required=True)
     return p

@@ -84,6 +84,8 @@ class RunConfig:
     # memory (one GPU)
     weights_dtype: WeightsDtype = _f("auto", "dtype of the frozen weights: auto = bf16 on GPU, fp32 on CPU.", "memory", True)
     quantization: Quantization = _f("none", "bitsandbytes quantization of the frozen transformer (CUDA only).", "memory")
+    compile_transformer: bool = _f(False, "torch.compile the transformer's training forward (slow first step; see `bench --compile`).",
+                                   "training", True)
     gradient_checkpointing: bool = _f(False, "Recompute transformer activations in backward (less memory, ~30% slower).",
                                       "memory")
     free_text_encoders: bool = _f(False, "Encode the prompt list once, then drop the text encoders (no new prompts "

@@ -79,6 +79,9 @@ class Session:
             yield from self._run()
         except ConfigError as e:
             yield self._fail(str(e))
+        except torch.OutOfMemoryError:
+            yield self._fail("the GPU ran out of memory; the run so far is kept. Try a smaller preset "
+                             "(flux-dev-80gb -> flux-dev-24gb), a lower resolution, or gradient_checkpointing=true.")
         except Exception as e:  # a failed run must still end with a readable directory and an event
             yield self._fail(f"{type(e).__name__}: {e}")
 
@@ -109,6 +112,8 @@ class Session:
             # Gradients flow through DDP; no-grad rollouts and previews make no collective calls
             # (no buffer broadcast), so the main process alone may render previews.
             backend.denoiser = self.accelerator.prepare_model(backend.transformer)
+        if cfg.compile_transformer:
+            backend.denoiser = torch.compile(backend.denoiser)
         self.optimizer = make_optimizer(self.params, cfg)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg)
         bank = backend.encode_images(images) if images is not None else None

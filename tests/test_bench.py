@@ -14,4 +14,4 @@ def test_bench_reports_consistent_figures():
     phases = [result[f"floor_{k}_s"] for k in ("rollout", "branch_forward", "decode", "reward", "backward", "optimizer")]
     assert all(p > 0 for p in phases)
     assert sum(phases) <= result["floor_step_s"] * 1.05  # the phases are parts of the floor step
-    assert bench.table(result).splitlines()[2].startswith("toy_step_s")
+    assert bench.table(result).splitlines()[3].startswith("toy_step_s")

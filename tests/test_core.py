@@ -196,3 +196,11 @@ def test_recover_matches_the_formula_on_the_tiny_model():
     assert grid.shape[0] == 3 and grid.shape[1] == 3 * 32 + 4 * 2 and grid.shape[2] == 3 * 32 + 4 * 2
     assert table["latent_gap_db"] == pytest.approx(table["predicted_gap_db"], abs=1e-3)
     assert all(d > o for d, o in zip(table["direct_align_psnr"], table["one_step_psnr"]))
+
+
+def test_compiled_transformer_trains_like_the_eager_one(tmp_path):
+    def rewards(**extra):
+        events = list(Session(tiny(steps=2, preview_every=0, method="direct-align", **extra), tmp_path))
+        assert isinstance(events[-1], Finished), events[-1]
+        return [e.metrics["reward"] for e in events if isinstance(e, StepMetrics)]
+    assert rewards(compile_transformer=True) == pytest.approx(rewards(), abs=1e-4)
