@@ -18,7 +18,7 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .render import AXES, SIZE, Scenes, captions, render, sample_scenes
 from .text import text_config, token_ids
 from .train import cosine_adamw
-from .vocab import STYLE_AXES, TOY_VOCAB
+from .vocab import STYLE_AXES, VOCAB
 
 WIDTH, PROJECTION = 128, 64
 BIAS = {"palette": "vivid", "surface": "smooth"}  # what the reward prefers for identical content
@@ -44,7 +44,7 @@ def image_features(model: CLIPModel, images: torch.Tensor) -> torch.Tensor:
 
 def text_features(model: CLIPModel, tokenizer, prompts: list[str]) -> torch.Tensor:
     ids = token_ids(tokenizer, prompts)
-    out = model.get_text_features(input_ids=ids, attention_mask=(ids != TOY_VOCAB["[PAD]"]).long())
+    out = model.get_text_features(input_ids=ids, attention_mask=(ids != VOCAB["[PAD]"]).long())
     return F.normalize(out.pooler_output, dim=-1)
 
 

@@ -10,30 +10,12 @@ from contextlib import contextmanager
 
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
 
-from .vocab import MAX_TOKENS, VOCAB
+from .text import text_config, toy_tokenizer
+from .vocab import VOCAB
 
 WIDTH = 32
-
-
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    """Offline word-level tokenizer: lowercase, split on spaces and punctuation, append [EOS], pad to 16."""
-    tok = Tokenizer(models.WordLevel(vocab=VOCAB, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A [EOS]", special_tokens=[("[EOS]", VOCAB["[EOS]"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]",
-                                   model_max_length=MAX_TOKENS)
-
-
-def _text_config() -> CLIPTextConfig:
-    return CLIPTextConfig(vocab_size=len(VOCAB), hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=1,
-                          num_attention_heads=2, max_position_embeddings=MAX_TOKENS, projection_dim=WIDTH,
-                          pad_token_id=VOCAB["[PAD]"], eos_token_id=VOCAB["[EOS]"], bos_token_id=VOCAB["[EOS]"])
-
-
 _RNG_LOCK = threading.RLock()
 
 
@@ -58,20 +40,20 @@ def generator_parts(seed: int = 0) -> dict:
                 in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                 up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), latent_channels=4,
                 layers_per_block=1, norm_num_groups=8, sample_size=32),
-            "text_encoder": CLIPTextModel(_text_config()),
-            "tokenizer": word_tokenizer(),
+            "text_encoder": CLIPTextModel(text_config(WIDTH, layers=1, heads=2)),
+            "tokenizer": toy_tokenizer(),
         }
 
 
 def reward_parts(seed: int = 1) -> dict:
     """Random tiny CLIP (transformers CLIPModel, 32x32 input, 8x8 patches) and its tokenizer."""
     config = CLIPConfig(
-        text_config=_text_config().to_dict(),
+        text_config=text_config(WIDTH, layers=1, heads=2).to_dict(),
         vision_config=dict(hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=1, num_attention_heads=2,
                            image_size=32, patch_size=8, projection_dim=WIDTH),
         projection_dim=WIDTH)
     with seeded(seed):
-        return {"model": CLIPModel(config), "tokenizer": word_tokenizer()}
+        return {"model": CLIPModel(config), "tokenizer": toy_tokenizer()}
 
 
 def _t5(seed: int):
@@ -92,7 +74,7 @@ def flux_pipeline(seed: int = 0):
             joint_attention_dim=WIDTH, pooled_projection_dim=WIDTH, guidance_embeds=True, axes_dims_rope=(4, 6, 6))
     return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=parts["vae"],
                         text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], text_encoder_2=_t5(seed),
-                        tokenizer_2=word_tokenizer(), transformer=transformer)
+                        tokenizer_2=toy_tokenizer(), transformer=transformer)
 
 
 def sd3_pipeline(seed: int = 0):
@@ -102,7 +84,7 @@ def sd3_pipeline(seed: int = 0):
     from transformers import CLIPTextModelWithProjection
     with seeded(seed):
         half = WIDTH // 2
-        clip_config = CLIPTextConfig(**{**_text_config().to_dict(), "hidden_size": half, "projection_dim": half,
+        clip_config = CLIPTextConfig(**{**text_config(WIDTH, layers=1, heads=2).to_dict(), "hidden_size": half, "projection_dim": half,
                                         "intermediate_size": WIDTH, "num_hidden_layers": 2})
         return StableDiffusion3Pipeline(
             transformer=SD3Transformer2DModel(
@@ -115,9 +97,9 @@ def sd3_pipeline(seed: int = 0):
                 up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), latent_channels=16,
                 layers_per_block=1, norm_num_groups=8, sample_size=32, scaling_factor=1.5305, shift_factor=0.0609,
                 use_quant_conv=False, use_post_quant_conv=False),
-            text_encoder=CLIPTextModelWithProjection(clip_config), tokenizer=word_tokenizer(),
-            text_encoder_2=CLIPTextModelWithProjection(clip_config), tokenizer_2=word_tokenizer(),
-            text_encoder_3=_t5(seed), tokenizer_3=word_tokenizer())
+            text_encoder=CLIPTextModelWithProjection(clip_config), tokenizer=toy_tokenizer(),
+            text_encoder_2=CLIPTextModelWithProjection(clip_config), tokenizer_2=toy_tokenizer(),
+            text_encoder_3=_t5(seed), tokenizer_3=toy_tokenizer())
 
 
 # An open_clip architecture config (the format of open_clip/model_configs/ViT-H-14.json) that stands in for

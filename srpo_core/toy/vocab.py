@@ -9,11 +9,12 @@ SIZES = ("small", "large")
 COLORS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")
 BACKGROUNDS = ("sky", "grass", "sand", "snow")
-SPECIAL = ("[PAD]", "[UNK]", "[EOS]")
 GLUE = ("a", "on", ".", ",")
 
 WORDS = tuple(w for pair in STYLE_AXES.values() for w in pair) + SIZES + COLORS + SHAPES + BACKGROUNDS + GLUE
-VOCAB = {token: i for i, token in enumerate(SPECIAL + WORDS)}
+# [EOS] is the last id: transformers' CLIPTextTransformer reads eos_token_id == 2 as a legacy config and pools
+# at the highest token id instead of at [EOS] (modeling_clip.py), which would hide words from the pooled vector.
+VOCAB = {token: i for i, token in enumerate(("[PAD]", "[UNK]") + WORDS + ("[EOS]",))}
 MAX_TOKENS = 16
 
 
@@ -21,8 +22,3 @@ def default_prompts() -> list[str]:
     """One caption per color x shape x background: the built-in training prompts."""
     return [f"a {c} {s} on {b}" for b in BACKGROUNDS for s in SHAPES for c in COLORS]
 
-
-# The trained toy models' token ids: VOCAB's words with [EOS] moved last. transformers' CLIPTextTransformer
-# reads eos_token_id == 2 as a legacy config and pools at the highest token id instead of at [EOS]
-# (modeling_clip.py); with VOCAB's ids that is a glue word, which would hide every later word from the pooled vector.
-TOY_VOCAB = {token: i for i, token in enumerate(("[PAD]", "[UNK]") + WORDS + ("[EOS]",))}
