@@ -95,7 +95,12 @@ class DiffusersBackend:
     pipeline_class: type
     vae: torch.nn.Module
     vae_checkpointed: bool
+    vae_scale: int
     transformer: torch.nn.Module
+
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        side = resolution // self.vae_scale
+        return self.vae.config.latent_channels, side, side
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (B, C, H, W) -> images (B, 3, H * s, W * s) in [0, 1], differentiable."""

@@ -95,10 +95,6 @@ class FluxBackend(DiffusersBackend):
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        side = resolution // self.vae_scale
-        return self.vae.config.latent_channels, side, side
-
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance: float = 1.0) -> torch.Tensor:
         """v_theta(x, sigma, c) ~ eps - x0 for unpacked latents x (B, C, H, W) and sigma (B,) in [0, 1];
         `guidance` feeds FLUX.1-dev's guidance embedding (models without one ignore it)."""

@@ -68,10 +68,6 @@ class SD3Backend(DiffusersBackend):
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        side = resolution // self.vae_scale
-        return self.vae.config.latent_channels, side, side
-
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance: float = 1.0) -> torch.Tensor:
         """v_theta(x, sigma, c) ~ eps - x0 for latents x (B, 16, H, W) and sigma (B,) in [0, 1]; with
         guidance > 1, v = v_u + guidance * (v_c - v_u) with the empty prompt as uncond (as the pipeline does)."""
