@@ -3,7 +3,6 @@
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,22 +20,13 @@ from srpo_core.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a red circle on sky"
-sys.path.insert(0, str(ROOT))
-import app  # noqa: E402  (app.py lives at the repo root, outside any package)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, launch_app):
     root = tmp_path_factory.mktemp("app")
     runs = root / "runs"
-    demo = app.build_demo(preset="tiny", runs_dir=runs)
-    _, url, _ = demo.queue().launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **app.LAUNCH)
+    demo, url = launch_app(runs)
     yield {"client": Client(url, verbose=False), "runs": runs, "root": root}
     demo.close()
 

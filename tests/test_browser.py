@@ -4,8 +4,6 @@ inspector, a streamed session, Stop, Compare, Runs. Screenshots and timings go t
 import io
 import json
 import re
-import socket
-import sys
 import time
 from pathlib import Path
 
@@ -27,8 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-sys.path.insert(0, str(ROOT))
-import app  # noqa: E402
 
 PROMPT = "a red circle on sky"
 TIMINGS: dict[str, float] = {}
@@ -36,22 +32,15 @@ EXPECTED: dict[tuple[str, str], dict] = {}
 RUNS: list[Path] = []  # the module's runs folder, for asserting what the page did on disk
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def page(tmp_path_factory, launch_app):
     ARTIFACTS.mkdir(exist_ok=True)
     runs = tmp_path_factory.mktemp("browser") / "runs"
     RUNS.append(runs)
     EXPECTED.update({pair: library_scores(*pair) for pair in
                      [("Detailed", "Smooth"), ("Bright", "Smooth"), ("Bright", "Dark"), ("Qwerty", "Dark")]})
     t0 = time.perf_counter()
-    demo = app.build_demo(preset="tiny", runs_dir=runs)
-    _, url, _ = demo.queue().launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **app.LAUNCH)
+    demo, url = launch_app(runs)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         tab = browser.new_page(viewport={"width": 1400, "height": 1000})
