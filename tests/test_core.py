@@ -204,3 +204,17 @@ def test_compiled_transformer_trains_like_the_eager_one(tmp_path):
         assert isinstance(events[-1], Finished), events[-1]
         return [e.metrics["reward"] for e in events if isinstance(e, StepMetrics)]
     assert rewards(compile_transformer=True) == pytest.approx(rewards(), abs=1e-4)
+
+
+def test_flux_without_guidance_embedding_gets_classifier_free_guidance():
+    """v = v_u + g (v_c - v_u) with the empty prompt, for FLUX-family models trained without a guidance embedding."""
+    backend = evaluate.load_models(tiny()).backend
+    assert backend.uses_cfg and not backend.transformer.config.guidance_embeds
+    x = torch.randn(2, *backend.latent_shape(32), generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.8, 0.4])
+    cond, uncond = backend.encode_prompts([PROMPT] * 2), backend.encode_prompts([""] * 2)
+    with torch.no_grad():
+        v_c, v_u = backend.velocity(x, sigma, cond, 1.0), backend.velocity(x, sigma, uncond, 1.0)
+        guided = backend.velocity(x, sigma, cond, 3.0)
+    assert not torch.allclose(v_c, v_u, atol=1e-4)
+    assert torch.allclose(guided, v_u + 3.0 * (v_c - v_u), atol=1e-5)

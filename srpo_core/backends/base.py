@@ -60,6 +60,20 @@ class PromptCache:
         self.frozen = True
 
 
+def with_uncond(encode_prompts: PromptCache, x: torch.Tensor, sigma: torch.Tensor, cond: Cond):
+    """The classifier-free guidance batch: the empty prompt's conditioning first, then `cond`; x and sigma doubled."""
+    b = x.shape[0]
+    uncond = encode_prompts([""] * b)
+    cond = Cond(torch.cat([uncond.embeds, cond.embeds]), torch.cat([uncond.pooled, cond.pooled]))
+    return torch.cat([x, x]), torch.cat([sigma.expand(b), sigma.expand(b)]), cond
+
+
+def guide(v: torch.Tensor, guidance: float) -> torch.Tensor:
+    """v = v_u + guidance (v_c - v_u) over a `with_uncond` batch (as diffusers' pipelines mix it)."""
+    v_u, v_c = v.chunk(2)
+    return v_u + guidance * (v_c - v_u)
+
+
 def configure_vae(vae, mode: str) -> None:
     """Tiling / slicing are diffusers' own memory modes; 'checkpoint' is applied per call in `vae_decode`."""
     if mode == "tiled":

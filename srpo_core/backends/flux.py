@@ -13,14 +13,13 @@ from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 from transformers import AutoTokenizer, CLIPTextModel
 
 from ..tokens import unknown_words
-from .base import Cond, DiffusersBackend, PromptCache, configure_vae
+from .base import Cond, DiffusersBackend, PromptCache, configure_vae, guide, with_uncond
 
 MAX_SEQUENCE_LENGTH = 512  # FLUX.1-dev's T5 length (schnell uses 256)
 
 
 class FluxBackend(DiffusersBackend):
     pipeline_class = FluxPipeline
-    uses_cfg = False  # guidance is an embedding input, not CFG
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
     def __init__(self, transformer: FluxTransformer2DModel, vae: AutoencoderKL, text_encoder, tokenizer,
@@ -44,6 +43,12 @@ class FluxBackend(DiffusersBackend):
         configure_vae(self.vae, vae_mode)
         self.max_sequence_length = max_sequence_length
         self.encode_prompts = PromptCache(self._encode_two if pipe is not None else self._encode_one)
+
+    @property
+    def uses_cfg(self) -> bool:
+        """FLUX.1-dev takes guidance as an embedding input; a model trained without one (the toy generator,
+        FLUX.1-schnell-like models) gets classifier-free guidance with the empty prompt instead."""
+        return not self.transformer.config.guidance_embeds
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
@@ -87,8 +92,8 @@ class FluxBackend(DiffusersBackend):
         return embeds, pooled
 
     def free_text_encoders(self, keep_prompts: list[str]) -> None:
-        """Encode `keep_prompts` once, then drop the encoders (T5-XXL alone is 9.5 GB in bf16)."""
-        self.encode_prompts.freeze(keep_prompts)
+        """Encode `keep_prompts` (and the empty CFG prompt) once, then drop the encoders (T5-XXL alone is 9.5 GB in bf16)."""
+        self.encode_prompts.freeze(keep_prompts + ([""] if self.uses_cfg else []))
         self.text_encoder = None
         if self.pipe is not None:
             self.pipe.text_encoder = self.pipe.text_encoder_2 = None
@@ -97,7 +102,10 @@ class FluxBackend(DiffusersBackend):
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance: float = 1.0) -> torch.Tensor:
         """v_theta(x, sigma, c) ~ eps - x0 for unpacked latents x (B, C, H, W) and sigma (B,) in [0, 1];
-        `guidance` feeds FLUX.1-dev's guidance embedding (models without one ignore it)."""
+        `guidance` feeds FLUX.1-dev's guidance embedding, or is the CFG scale of a model without one."""
+        cfg = self.uses_cfg and guidance > 1
+        if cfg:
+            x, sigma, cond = with_uncond(self.encode_prompts, x, sigma, cond)
         b, c, h, w = x.shape
         dtype = self.transformer.dtype if x.dtype == torch.float32 else x.dtype
         packed = FluxPipeline._pack_latents(x, b, c, h, w).to(dtype)
@@ -107,5 +115,6 @@ class FluxBackend(DiffusersBackend):
         out = self.denoiser(hidden_states=packed, timestep=sigma.to(dtype).expand(b), guidance=g,
                             pooled_projections=cond.pooled.to(dtype), encoder_hidden_states=cond.embeds.to(dtype),
                             txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
-        return FluxPipeline._unpack_latents(out, h * self.vae_scale, w * self.vae_scale, self.vae_scale).to(x.dtype)
+        v = FluxPipeline._unpack_latents(out, h * self.vae_scale, w * self.vae_scale, self.vae_scale).to(x.dtype)
+        return guide(v, guidance) if cfg else v
 

@@ -12,7 +12,7 @@ import torch
 from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
 from ..tokens import unknown_words
-from .base import Cond, DiffusersBackend, PromptCache, configure_vae
+from .base import Cond, DiffusersBackend, PromptCache, configure_vae, guide, with_uncond
 
 MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default T5 length
 
@@ -71,18 +71,12 @@ class SD3Backend(DiffusersBackend):
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance: float = 1.0) -> torch.Tensor:
         """v_theta(x, sigma, c) ~ eps - x0 for latents x (B, 16, H, W) and sigma (B,) in [0, 1]; with
         guidance > 1, v = v_u + guidance * (v_c - v_u) with the empty prompt as uncond (as the pipeline does)."""
-        b = x.shape[0]
         dtype = self.transformer.dtype if x.dtype == torch.float32 else x.dtype
         if guidance > 1:
-            uncond = self.encode_prompts([""] * b)
-            cond = Cond(torch.cat([uncond.embeds, cond.embeds]), torch.cat([uncond.pooled, cond.pooled]))
-            x, sigma = torch.cat([x, x]), torch.cat([sigma.expand(b), sigma.expand(b)])
+            x, sigma, cond = with_uncond(self.encode_prompts, x, sigma, cond)
         # the SD3 transformer takes the scheduler's timesteps, sigma * num_train_timesteps (1000)
         v = self.denoiser(hidden_states=x.to(dtype), encoder_hidden_states=cond.embeds.to(dtype),
                           pooled_projections=cond.pooled.to(dtype), timestep=(sigma * 1000).to(dtype).expand(len(x)),
                           return_dict=False)[0].to(x.dtype)
-        if guidance > 1:
-            v_u, v_c = v.chunk(2)
-            v = v_u + guidance * (v_c - v_u)
-        return v
+        return guide(v, guidance) if guidance > 1 else v
 
