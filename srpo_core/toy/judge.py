@@ -11,11 +11,12 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from tqdm.auto import tqdm
 
-from .render import Scenes, gaussian_blur, luminance, render, sample_scenes
+from .render import Scenes, gaussian_blur, luminance, parse, render, sample_scenes
 from .train import cosine_adamw
 from .vocab import BACKGROUNDS, COLORS, SHAPES
 
-RANGES = {"brightness": (0.26, 0.985), "saturation": (0.038, 0.736), "detail": (0.0085, 0.102)}
+RANGES = {"brightness": (0.26, 0.985), "saturation": (0.038, 0.736), "detail": (0.0149, 0.1057)}
+DETAIL_BLUR = 1.5  # px: keeps most of the "detailed" grating (period 8-11 px) in the residual
 HEADS = {"shape": SHAPES, "color": COLORS, "background": BACKGROUNDS}
 
 
@@ -36,10 +37,10 @@ def raw_saturation(images: torch.Tensor) -> torch.Tensor:
 
 
 def raw_detail(images: torch.Tensor) -> torch.Tensor:
-    """(B,) high-frequency energy: RMS of luminance minus its Gaussian blur (sigma 1 px), divided by the
+    """(B,) high-frequency energy: RMS of luminance minus its Gaussian blur (sigma DETAIL_BLUR px), divided by the
     mean luminance so that lighting, which scales every pixel, does not read as detail."""
     lum = luminance(images)
-    return (lum - gaussian_blur(lum, 1.0)).pow(2).mean((1, 2, 3)).sqrt() / lum.mean((1, 2, 3)).clamp(min=0.05)
+    return (lum - gaussian_blur(lum, DETAIL_BLUR)).pow(2).mean((1, 2, 3)).sqrt() / lum.mean((1, 2, 3)).clamp(min=0.05)
 
 
 def style_stats(images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -119,3 +120,35 @@ def train_classifier(model: ContentClassifier, steps: int, seed: int,
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **{k: f"{v:.2f}" for k, v in acc.items()})
     model.eval()
     return curve
+
+
+@torch.no_grad()
+def judge_prompts(model: ContentClassifier, images: torch.Tensor, prompts: list[str]) -> tuple[dict, dict]:
+    """The judge's verdict on images generated from `prompts` (one prompt per image): (per_image, unparsed).
+    per_image holds (B,) tensors: brightness, saturation, detail, and shape / color / background
+    correctness as 1 / 0, NaN where the prompt states no such label (outside the grammar). unparsed maps
+    each prompt with words the caption grammar could not read to those words."""
+    parsed = [parse(p) for p in prompts]
+    model.eval()
+    logits = [model(images[i:i + 256]) for i in range(0, len(images), 256)]
+    out = dict(style_stats(images))
+    for name, values in HEADS.items():
+        stated = [getattr(labels, name) for labels, _ in parsed]
+        target = torch.tensor([values.index(v) if v else -1 for v in stated])
+        right = (torch.cat([l[name] for l in logits]).argmax(-1) == target).float()
+        out[name] = torch.where(target >= 0, right, torch.nan)
+    return out, {p: words for p, (_, words) in zip(prompts, parsed) if words}
+
+
+def summary(per_image: dict[str, torch.Tensor]) -> dict[str, float | None]:
+    """judge_prompts' per-image values -> DESIGN.md's eval fields: shape_acc, color_acc, background_acc over
+    the images whose prompt states that label (None when none does), mean brightness / saturation / detail
+    and their standard deviations (<stat>_sd, for effect sizes between runs)."""
+    out: dict[str, float | None] = {}
+    for name in HEADS:
+        known = per_image[name][~per_image[name].isnan()]
+        out[f"{name}_acc"] = float(known.mean()) if len(known) else None
+    for name in RANGES:
+        out[name] = float(per_image[name].mean())
+        out[f"{name}_sd"] = float(per_image[name].std()) if len(per_image[name]) > 1 else 0.0
+    return out

@@ -24,7 +24,7 @@ BACKGROUND_RGB = {"sky": (0.58, 0.76, 0.94), "grass": (0.42, 0.60, 0.32), "sand"
                   "snow": (0.92, 0.93, 0.96)}
 OUTLINE_PX = 1.5  # a dark rim keeps the outline legible on a background of the shape's own hue (green on grass)
 TEXTURE_AMP, PIXEL_NOISE = 0.08, 0.015  # smooth background texture and light pixel noise at style 0
-GRATING_AMP, GRATING_PERIOD = 0.14, (5.0, 7.0)  # "detailed": a grating a 4x-downsampling VAE can still code
+GRATING_AMP, GRATING_PERIOD = 0.14, (8.0, 11.0)  # "detailed": a grating at or above the 4x VAE latent's Nyquist period (8 px)
 BLUR_SIGMA = 1.5  # "smooth": blend toward a Gaussian blur
 AXES = tuple(STYLE_AXES)  # lighting, surface, palette: the column order of Scenes.style
 
