@@ -365,7 +365,8 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
         except ConfigError as e:
             raise fail(e) from None
         if unknown:
-            gr.Warning(f"The generator does not know: {', '.join(unknown)}; they read as an unknown token.")
+            what = "not toy-world words" if lab.cfg.backend == "toy" else "unknown to its tokenizer"
+            gr.Warning(f"The generator does not know: {', '.join(unknown)} ({what}); they read as an unknown token.")
         return to_pil(image)
 
     def score(image: str | None, prompt: str, pos: str, neg: str) -> dict:
@@ -379,7 +380,8 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
 
     def show_score(result: dict, pos: str, neg: str):
         unknown = result.get("unknown_words") or []
-        note = f"⚠️ The reward model does not know: **{', '.join(unknown)}**." if unknown else ""
+        toy = " (not toy-world words)" if lab.cfg.reward == "toy-hps" else ""
+        note = f"⚠️ The reward model does not know: **{', '.join(unknown)}**{toy}." if unknown else ""
         return score_figure(result, pos, neg), note
 
     def scan(image: str | None, prompt: str, words: str):
@@ -536,6 +538,8 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                     image = evaluate.generate(models, cfg, [prompt], int(seed or 0))
                     images.append(to_pil(image[0]))
                     scores[side] = {"run": run, **evaluate.score(models, image, prompt, pos, neg)}
+                    if models.judge is not None:
+                        scores[side].update(evaluate.judge_images(models, image, [prompt]))
         except ConfigError as e:
             raise fail(e) from None
         return images[0], images[1], scores
@@ -692,7 +696,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                     cmp_slider = gr.ImageSlider(label="A | B", type="pil", height=256, format="png",
                                                  elem_id="cmp-slider")
                     cmp_img_b = gr.Image(label="B", format="png", height=256, elem_classes=["pixels", "fill"], elem_id="cmp-b")
-                cmp_scores = gr.JSON(label="Rewards of A and B (control words from the Control words tab)")
+                cmp_scores = gr.JSON(label="Rewards of A and B (control words from the Control words tab); the judge on the toy world")
 
             with gr.Tab("Runs", id="runs"):
                 with gr.Row():

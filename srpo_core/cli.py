@@ -109,14 +109,44 @@ def cmd_score(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from . import evaluate
+    from . import compare, evaluate
     from .session import read_prompts_file, training_prompts
     cfg = _cfg(args)
     if args.seeds <= 0:
         raise ConfigError(f"--seeds must be greater than 0 (got {args.seeds}).")
     prompts = read_prompts_file(args.prompts) if args.prompts else training_prompts(cfg)
-    result = evaluate.evaluate(evaluate.load_models(cfg, args.lora), cfg, prompts, args.seeds)
-    emit({"preset": args.preset, "lora": args.lora, **result}, args.json)
+    loras = args.lora or [None]
+    rows = [{"preset": args.preset, "lora": lora, "method": lora or "base",
+             **evaluate.evaluate(evaluate.load_models(cfg, None if lora == "base" else lora), cfg, prompts, args.seeds)}
+            for lora in loras]
+    if len(rows) == 1:
+        emit(rows[0], args.json)
+    elif args.json:
+        emit({"rows": rows}, True)
+    else:
+        print(compare.markdown({"rows": [{"seconds": 0.0, **r} for r in rows]}))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from . import compare
+    from .session import read_prompts_file
+    from .store import check_writable
+    if args.seeds <= 0:
+        raise ConfigError(f"--seeds must be greater than 0 (got {args.seeds}).")
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    for p in presets:
+        config.load(p, [])  # an unknown preset fails here, before any tuning
+    out = check_writable(Path(args.out))
+    prompts = read_prompts_file(args.prompts) if args.prompts else None
+    result = compare.run(presets, out, prompts, args.seeds, args.set or [], progress=lambda m: print(m, file=sys.stderr))
+    table = compare.markdown(result)
+    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+    (out / "table.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    if args.json:
+        emit(result, True)
+    else:
+        print(table)
     return 0
 
 
@@ -172,10 +202,18 @@ def build_parser() -> Parser:
     c.add_argument("--prompt", required=True)
     c.add_argument("--pos", help="positive control word (default: the preset's first)")
     c.add_argument("--neg", help="negative control word (default: the preset's first)")
-    c = command("eval", cmd_eval, "Mean reward of generated images over prompts x seeds.")
-    c.add_argument("--lora", help="a run directory whose LoRA to load")
+    c = command("eval", cmd_eval, "Mean reward (and, on the toy world, the judge) of generated images over prompts x seeds.")
+    c.add_argument("--lora", action="append", help="a run directory whose LoRA to load; repeat it (and give 'base' for "
+                                                   "no LoRA) to compare several runs in one table")
     c.add_argument("--prompts", help="UTF-8 text file, one prompt a line (default: the preset's prompts)")
     c.add_argument("--seeds", type=int, default=2)
+    c = command("compare", cmd_compare, "The paper's table in miniature: tune each preset, then evaluate base and "
+                                        "every tuned model on held-out prompts and seeds.", preset=False)
+    c.add_argument("--presets", default="toy-refl,toy-draft,toy-direct-align,toy-srpo", help="comma-separated presets to tune")
+    c.add_argument("--prompts", help="UTF-8 file of evaluation prompts (default: the toy world's 12 held-out prompts)")
+    c.add_argument("--seeds", type=int, default=2, help="noise seeds per prompt")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key of every tuning run (repeatable)")
+    c.add_argument("--out", default="runs/compare", help="runs root; table.md and table.json are written there")
     c = command("bench", cmd_bench, "Seconds per SRPO step against a bare torch loop, sampling speed, inspector latency, memory.")
     c.add_argument("--steps", type=int, default=12, help="measured steps (median; at least 10)")
     c.add_argument("--warmup", type=int, default=2)

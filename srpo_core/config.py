@@ -15,10 +15,10 @@ import yaml
 from .schedule import dsigma_cells
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
-DEFAULT_PRESET = "tiny"
+DEFAULT_PRESET = "toy-srpo"  # the trained toy world in assets/toy: offline, CPU, seconds
 
-Backend = Literal["tiny", "flux", "sd3"]
-RewardName = Literal["tiny-clip", "hpsv2.1", "pickscore", "clip", "openclip", "aesthetic"]
+Backend = Literal["toy", "tiny", "flux", "sd3"]
+RewardName = Literal["toy-hps", "tiny-clip", "hpsv2.1", "pickscore", "clip", "openclip", "aesthetic"]
 Quantization = Literal["none", "nf4", "int8"]
 WeightsDtype = Literal["auto", "fp32", "bf16"]
 VaeDecode = Literal["full", "checkpoint", "tiled", "sliced"]
@@ -49,10 +49,11 @@ def _f(default, help: str, group: str, advanced: bool = False, **kw):
 @dataclass
 class RunConfig:
     # model
-    backend: Backend = _f("tiny", "Generator family: tiny (random FLUX-family models built in code), flux (any FluxPipeline), "
+    backend: Backend = _f("tiny", "Generator family: toy (the trained toy world in assets/toy), tiny (random FLUX-family models "
+                          "built in code), flux (any FluxPipeline), "
                           "sd3 (StableDiffusion3Pipeline).", "model")
     model: str = _f("", "Hub id or local diffusers directory of the generator ('' = built in code).", "model")
-    reward: RewardName = _f("tiny-clip", "Reward model: tiny-clip, hpsv2.1 (open_clip), pickscore and clip (transformers), "
+    reward: RewardName = _f("tiny-clip", "Reward model: toy-hps (the toy world's biased reward), tiny-clip, hpsv2.1 (open_clip), pickscore and clip (transformers), "
                                          "openclip (any open_clip checkpoint); aesthetic is image-only, a metric.", "model")
     reward_model: str = _f("", "Hub id, local directory or checkpoint file of the reward model ('' = built in code, "
                                "or the family's hub repo).", "model")
@@ -149,9 +150,9 @@ class RunConfig:
             raise ConfigError("reward aesthetic is not text-conditioned, so it cannot score r(x, p+) - r(x, p-) or any "
                               "prompt-matched reward; train with hpsv2.1, pickscore, clip or openclip and use "
                               "aesthetic as an evaluation metric (rewards.AestheticScorer).")
-        if self.quantization != "none" and self.backend == "tiny":
+        if self.quantization != "none" and self.backend in ("tiny", "toy"):
             raise ConfigError("quantization needs a model loaded from a directory or hub id (backend flux or sd3), "
-                              "not the tiny models built in code.")
+                              "not the tiny or toy models.")
         for p in self.prompts:
             if not p.strip():
                 raise ConfigError("prompts must not contain empty or whitespace-only entries.")

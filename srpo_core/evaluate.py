@@ -123,12 +123,24 @@ def score(models: Models, images: torch.Tensor, prompt: str, pos: str, neg: str)
 
 
 def evaluate(models: Models, cfg: RunConfig, prompts: list[str], seeds: int) -> dict:
-    """Mean plain and SRP reward over prompts x seeds (seed i for every prompt)."""
-    rewards, srps = [], []
+    """Mean plain and SRP reward over prompts x seeds (image i of every prompt from noise seed cfg.seed + i);
+    on the toy world also the judge's verdict (DESIGN.md's `judge` fields) and the prompt words it could not parse."""
+    rewards, srps, images = [], [], []
     pos, neg = srp.pick_words(cfg.pos_words, 0), srp.pick_words(cfg.neg_words, 0)
     for prompt in prompts:
-        images = generate(models, cfg, [prompt] * seeds, cfg.seed)
-        s = score(models, images, prompt, pos, neg)
+        batch = generate(models, cfg, [prompt] * seeds, cfg.seed)
+        s = score(models, batch, prompt, pos, neg)
         rewards.append(s["reward"])
         srps.append(s["srp"])
-    return {"n": len(prompts) * seeds, "reward_mean": sum(rewards) / len(rewards), "srp_mean": sum(srps) / len(srps)}
+        images.append(batch)
+    out = {"n": len(prompts) * seeds, "reward_mean": sum(rewards) / len(rewards), "srp_mean": sum(srps) / len(srps)}
+    if models.judge is not None:
+        out.update(judge_images(models, torch.cat(images), [p for p in prompts for _ in range(seeds)]))
+    return out
+
+
+def judge_images(models: Models, images: torch.Tensor, prompts: list[str]) -> dict:
+    """The toy world's judge on images from `prompts`: {"judge": DESIGN.md's fields, "unparsed": {prompt: words}}."""
+    from .toy import judge
+    per_image, unparsed = judge.judge_prompts(models.judge, images.to("cpu"), prompts)
+    return {"judge": judge.summary(per_image), "unparsed": unparsed}

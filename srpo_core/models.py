@@ -15,7 +15,7 @@ from .backends import Backend, FluxBackend, SD3Backend
 from .config import ConfigError, RunConfig
 from .rewards import ClipReward, OpenClipReward, Reward
 from .rewards.openclip import architecture as open_clip_architecture
-from .toy import tiny
+from .toy import assets, tiny
 
 # model_index.json `_class_name` -> (config backend, backend class); FLUX.1-dev/schnell/Krea-dev are FluxPipelines
 FAMILIES = {"FluxPipeline": ("flux", FluxBackend), "StableDiffusion3Pipeline": ("sd3", SD3Backend)}
@@ -33,6 +33,7 @@ OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 class Models:
     backend: Backend
     reward: Reward
+    judge: torch.nn.Module | None = None  # the toy world's judge (srpo_core.toy.judge), when the backend is toy
 
 
 def pick_device(name: str) -> torch.device:
@@ -141,6 +142,8 @@ def quantized_transformer(cls, path: Path, cfg: RunConfig, device: torch.device,
 
 
 def load_backend(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Backend:
+    if cfg.backend == "toy":
+        return assets.load("generator", lambda path: FluxBackend.from_pretrained(path, device, vae_mode=cfg.vae_decode))
     if cfg.backend == "tiny":
         parts = tiny.generator_parts()
         return FluxBackend(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"], device,
@@ -158,6 +161,8 @@ def load_backend(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Ba
 
 
 def load_reward(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Reward:
+    if cfg.reward == "toy-hps":  # an HPS-style reward: the plain cosine of normalized features
+        return assets.load("reward", lambda path: ClipReward.from_pretrained(path, use_logit_scale=False, device=device))
     if cfg.reward == "tiny-clip":
         parts = tiny.reward_parts()
         return ClipReward(parts["model"], parts["tokenizer"], use_logit_scale=False, device=device)
@@ -179,7 +184,11 @@ def build(cfg: RunConfig) -> Models:
     backend = load_backend(cfg, device, dtype)
     if cfg.gradient_checkpointing:
         backend.transformer.enable_gradient_checkpointing()
-    return Models(backend, load_reward(cfg, device, dtype))
+    judge = None
+    if cfg.backend == "toy":
+        from .toy.judge import ContentClassifier
+        judge = assets.load("judge", lambda path: ContentClassifier.from_pretrained(path).eval())
+    return Models(backend, load_reward(cfg, device, dtype), judge)
 
 
 def write_fixtures(out: str | Path) -> dict[str, Path]:

@@ -24,7 +24,7 @@ from .events import Checkpoint, Event, Failed, Finished, Preview, Started, StepM
 from .lora import add_lora, lora_state_dict, make_lr_scheduler, make_optimizer
 from .models import Models, build, pick_device
 from .store import RunStore, check_writable, from_pil, save_image
-from .toy.vocab import default_prompts
+from .toy.vocab import default_prompts, train_prompts
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -43,7 +43,9 @@ def read_prompts_file(path: str | Path) -> list[str]:
 
 
 def training_prompts(cfg: RunConfig) -> list[str]:
-    return read_prompts_file(cfg.prompts_file) if cfg.prompts_file else (cfg.prompts or default_prompts())
+    if cfg.prompts_file:
+        return read_prompts_file(cfg.prompts_file)
+    return cfg.prompts or (train_prompts() if cfg.backend == "toy" else default_prompts())
 
 
 def load_images(folder: str | Path, resolution: int) -> torch.Tensor:

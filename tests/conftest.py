@@ -1,4 +1,4 @@
-"""Test settings: nothing may reach a network; every test runs on CPU with tiny models."""
+"""Test settings: nothing may reach a network; every test runs on CPU with tiny or toy models."""
 
 import os
 import socket
@@ -19,14 +19,14 @@ sys.path.insert(0, str(ROOT))  # app.py lives at the repo root, outside any pack
 
 @pytest.fixture(scope="session")
 def launch_app():
-    """Build the real app on the tiny preset and launch it on a free local port: launch(runs_dir) -> (demo, url)."""
+    """Build the real app and launch it on a free local port: launch(runs_dir, preset) -> (demo, url)."""
     import app
 
-    def launch(runs_dir: Path):
+    def launch(runs_dir: Path, preset: str = "tiny"):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        demo = app.build_demo(preset="tiny", runs_dir=runs_dir)
+        demo = app.build_demo(preset=preset, runs_dir=runs_dir)
         _, url, _ = demo.queue().launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.LAUNCH)
         return demo, url
     return launch

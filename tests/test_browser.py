@@ -27,6 +27,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 PROMPT = "a red circle on sky"
+PRESET = "toy-srpo"  # the app's default: the trained toy world
 TIMINGS: dict[str, float] = {}
 EXPECTED: dict[tuple[str, str], dict] = {}
 RUNS: list[Path] = []  # the module's runs folder, for asserting what the page did on disk
@@ -40,7 +41,7 @@ def page(tmp_path_factory, launch_app):
     EXPECTED.update({pair: library_scores(*pair) for pair in
                      [("Detailed", "Smooth"), ("Bright", "Smooth"), ("Bright", "Dark"), ("Qwerty", "Dark")]})
     t0 = time.perf_counter()
-    demo, url = launch_app(runs)
+    demo, url = launch_app(runs, PRESET)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         tab = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -74,10 +75,8 @@ def scores(page) -> dict:
 
 
 def library_scores(pos: str, neg: str) -> dict:
-    """What the inspector must show: the library's score of the page's first image (PNG round trip).
-    Computed before the server starts: tiny models draw their weights from torch's global RNG, so a
-    build here racing one in a server thread would get other weights."""
-    cfg = config.load("tiny")
+    """What the inspector must show: the library's score of the page's first image (PNG round trip)."""
+    cfg = config.load(PRESET)
     models = evaluate.load_models(cfg)
     image = to_pil(evaluate.generate(models, cfg, [PROMPT], 0)[0])
     buffer = io.BytesIO()
@@ -109,6 +108,9 @@ def test_inspector_follows_the_control_words(page):
     box.press_sequentially("Bright")
     wait_scores(page, EXPECTED["Bright", "Smooth"])
     expect(page.get_by_label("p+ word")).to_have_value("Bright")
+    negative = page.get_by_label("Negative control words")
+    negative.select_text()
+    negative.press_sequentially("Smooth, Dark")
     t0 = time.perf_counter()
     pick(page, "p- word", "Dark")
     wait_scores(page, EXPECTED["Bright", "Dark"])

@@ -41,8 +41,8 @@ def test_train_json_and_run_directory(trained):
 
 
 def test_sample_with_and_without_lora(trained, tmp_path):
-    base = run_cli("sample", "--prompt", PROMPT, "--seed", "3", "--out", str(tmp_path / "base.png"), "--json")
-    tuned = run_cli("sample", "--prompt", PROMPT, "--seed", "3", "--lora", trained["run_dir"],
+    base = run_cli("sample", "--preset", "tiny", "--prompt", PROMPT, "--seed", "3", "--out", str(tmp_path / "base.png"), "--json")
+    tuned = run_cli("sample", "--preset", "tiny", "--prompt", PROMPT, "--seed", "3", "--lora", trained["run_dir"],
                     "--out", str(tmp_path / "tuned.png"), "--json")
     a, b = Image.open(base["image"]), Image.open(tuned["image"])
     assert a.size == b.size == (32, 32)
@@ -50,7 +50,7 @@ def test_sample_with_and_without_lora(trained, tmp_path):
 
 
 def test_recover_json_and_grid(tmp_path):
-    out = run_cli("recover", "--prompt", PROMPT, "--sigmas", "0.1,0.5,0.9", "--out", str(tmp_path / "g.png"), "--json")
+    out = run_cli("recover", "--preset", "tiny", "--prompt", PROMPT, "--sigmas", "0.1,0.5,0.9", "--out", str(tmp_path / "g.png"), "--json")
     assert out["sigmas"] == [0.1, 0.5, 0.9]
     assert len(out["direct_align_psnr"]) == len(out["one_step_psnr"]) == 3
     assert out["direct_align_psnr"][2] > out["one_step_psnr"][2]
@@ -61,7 +61,7 @@ def test_recover_json_and_grid(tmp_path):
 def test_score_json(tmp_path):
     image = tmp_path / "x.png"
     Image.new("RGB", (40, 40), (220, 40, 40)).save(image)
-    out = run_cli("score", "--image", str(image), "--prompt", PROMPT, "--pos", "Bright", "--neg", "Dark", "--json")
+    out = run_cli("score", "--preset", "tiny", "--image", str(image), "--prompt", PROMPT, "--pos", "Bright", "--neg", "Dark", "--json")
     assert out["srp"] == pytest.approx(out["reward_pos"] - out["reward_neg"], abs=1e-6)
     assert -1 <= out["reward"] <= 1  # the tiny reward is a cosine (scale 1)
     assert out["unknown_words"] == []
@@ -70,8 +70,8 @@ def test_score_json(tmp_path):
 def test_eval_json_with_prompts_file(trained, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle on sky\na blue square on grass\n\n", encoding="utf-8")
-    base = run_cli("eval", "--prompts", str(prompts), "--seeds", "2", "--json")
-    tuned = run_cli("eval", "--prompts", str(prompts), "--seeds", "2", "--lora", trained["run_dir"], "--json")
+    base = run_cli("eval", "--preset", "tiny", "--prompts", str(prompts), "--seeds", "2", "--json")
+    tuned = run_cli("eval", "--preset", "tiny", "--prompts", str(prompts), "--seeds", "2", "--lora", trained["run_dir"], "--json")
     assert base["n"] == tuned["n"] == 4
     assert math.isfinite(base["reward_mean"]) and base["reward_mean"] != tuned["reward_mean"]
 
@@ -133,6 +133,6 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, capsys, argv, needle):
 
 
 def test_bad_input_through_the_real_entry_point():
-    proc = run_cli("train", "--set", "lr=0", ok=False)
+    proc = run_cli("train", "--preset", "tiny", "--set", "lr=0", ok=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == "error: lr must be greater than 0 (got 0.0)."
