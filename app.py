@@ -79,6 +79,9 @@ class TabState:
     def __init__(self):
         self.live: Live | None = None
 
+    def release(self) -> None:
+        self.live = None
+
 
 class Lab:
     """What all tabs share: the runs folder, the device lock, one cached set of models, live sessions."""
@@ -593,7 +596,9 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
 
     # -------- layout
     with gr.Blocks(title="SRPO Studio") as demo:
-        tab_state = gr.State(TabState())  # deep-copied per tab
+        # deep-copied per tab; when the tab closes gradio drops it and the callback lets go of the session
+        # handle (the session itself belongs to the Lab and keeps running, findable in the Runs tab)
+        tab_state = gr.State(TabState(), delete_callback=TabState.release)
         gr.Markdown(f"# SRPO Studio\nDirect-Align / SRPO preference tuning · model world: `{preset}` · "
                     f"runs in `{runs_dir}`")
         with gr.Tabs():

@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 
 from srpo_core import config, evaluate
+from srpo_core.session import training_prompts
 from srpo_core.store import from_pil, to_pil
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -75,14 +76,16 @@ def scores(page) -> dict:
 
 
 def library_scores(pos: str, neg: str) -> dict:
-    """What the inspector must show: the library's score of the page's first image (PNG round trip)."""
+    """What the inspector must show: the library's score of the page's first image (PNG round trip), which is
+    drawn from the preset's first training prompt."""
     cfg = config.load(PRESET)
+    prompt = training_prompts(cfg)[0]
     models = evaluate.load_models(cfg)
-    image = to_pil(evaluate.generate(models, cfg, [PROMPT], 0)[0])
+    image = to_pil(evaluate.generate(models, cfg, [prompt], 0)[0])
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     tensor = from_pil(Image.open(buffer), cfg.resolution).unsqueeze(0)
-    return evaluate.score(models, tensor, PROMPT, pos, neg)
+    return evaluate.score(models, tensor, prompt, pos, neg)
 
 
 def wait_scores(page, want: dict, timeout: float = 60.0) -> float:
