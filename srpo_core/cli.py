@@ -124,7 +124,7 @@ def cmd_eval(args) -> int:
     elif args.json:
         emit({"rows": rows}, True)
     else:
-        print(compare.markdown({"rows": [{"seconds": 0.0, **r} for r in rows]}))
+        print(compare.markdown({"rows": rows}))
     return 0
 
 

@@ -65,20 +65,28 @@ def run(presets: list[str], runs_root: str | Path, prompts: list[str] | None = N
 
 
 def markdown(result: dict) -> str:
-    """One row per method: plain and SRP reward, the judge's fields, effect sizes against base, tuning seconds."""
+    """One row per method: plain and SRP reward, the judge's fields, effect sizes against base, and tuning seconds
+    where the rows carry them (`eval`'s rows of existing runs have neither effect sizes nor seconds)."""
     judged = "judge" in result["rows"][0]
+    timed = "seconds" in result["rows"][0]
+    effects = "effect_vs_base" in result["rows"][0]
     head = ["method", "n", "reward", "SRP"]
     if judged:
-        head += ["shape", "color", "background", *STATS, *(f"d {s}" for s in STATS)]
-    head.append("seconds")
+        head += ["shape", "color", "background", *STATS]
+    if effects:
+        head += [f"d {s}" for s in STATS]
+    if timed:
+        head.append("seconds")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         cells = [r["method"], str(r["n"]), f"{r['reward_mean']:.4f}", f"{r['srp_mean']:.4f}"]
         if judged:
             j = r["judge"]
-            cells += [fmt(j["shape_acc"]), fmt(j["color_acc"]), fmt(j["background_acc"]), *(fmt(j[s]) for s in STATS),
-                      *(f"{r['effect_vs_base'][s]:+.2f}" for s in STATS)]
-        cells.append(f"{r['seconds']:.0f}")
+            cells += [fmt(j["shape_acc"]), fmt(j["color_acc"]), fmt(j["background_acc"]), *(fmt(j[s]) for s in STATS)]
+        if effects:
+            cells += [f"{r['effect_vs_base'][s]:+.2f}" for s in STATS]
+        if timed:
+            cells.append(f"{r['seconds']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -98,6 +98,17 @@ def test_eval_reports_the_judge_and_what_it_could_not_parse(tmp_path):
     assert out["unparsed"] == {"a purple circle on the moon": ["purple", "the", "moon"]}
 
 
+def test_eval_of_several_runs_prints_one_table(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on sky\n", encoding="utf-8")
+    proc = run_cli("eval", "--preset", "toy-srpo", "--prompts", str(prompts), "--seeds", "1", "--lora", "base",
+                   "--lora", "base")
+    assert proc.returncode == 0, proc.stderr
+    table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| method | n | reward | SRP | shape") and "seconds" not in table[0]
+    assert len(table) == 4 and table[2].split("|")[3:5] == table[3].split("|")[3:5]  # same model, same numbers
+
+
 def test_compare_table_rows_for_base_and_each_preset(tmp_path):
     result = compare.run(["toy-direct-align", "toy-srpo"], tmp_path, ["a red circle on sky", "a green square on snow"],
                          seeds=1, overrides=["steps=2", "preview_every=0"], progress=lambda m: None)

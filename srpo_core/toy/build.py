@@ -92,16 +92,14 @@ def write_card(directory: Path, title: str, what: str, record: dict) -> None:
     check_sizes(directory)
 
 
-def build_vae(out: Path, seed: int, plan: Plan, vae: AutoencoderKL | None = None, first_cycle: int = 0) -> dict:
-    """Train the VAE over VAE_CYCLES (scaled), fresh scenes each cycle. `vae` and `first_cycle` continue a build
-    whose earlier cycles are done (the shipped VAE's first cycle ran before the second was added)."""
-    vae = vae or make_vae(seed)
+def build_vae(out: Path, seed: int, plan: Plan) -> dict:
+    """Train the VAE over VAE_CYCLES (scaled), fresh scenes each cycle."""
+    vae = make_vae(seed)
     curve, done = [], 0
     for cycle, (steps, lr) in enumerate(VAE_CYCLES):
         n = max(2, round(steps * plan.scale))
-        if cycle >= first_cycle:
-            part = train_vae(vae, n, seed + cycle * 10**5, lr=lr, held_out=plan.eval_images)
-            curve += [{**row, "step": row["step"] + done, "cycle": cycle} for row in part]
+        part = train_vae(vae, n, seed + cycle * 10**5, lr=lr, held_out=plan.eval_images)
+        curve += [{**row, "step": row["step"] + done, "cycle": cycle} for row in part]
         done += n
     calibrate(vae, seed + 1, n=4 * plan.eval_images)
     vae.save_pretrained(out / "generator" / "vae")
