@@ -13,6 +13,7 @@ from transformers import AutoTokenizer, CLIPModel
 
 from srpo_core import compare, config
 from srpo_core.backends import FluxBackend
+from srpo_core.rewards import ClipReward
 from srpo_core.toy import assets
 from srpo_core.toy import generator as gen
 from srpo_core.toy import quality
@@ -26,7 +27,7 @@ TOY = assets.SHIPPED
 GUIDANCE = config.load("toy-srpo", []).guidance
 # The first plain rewards of `train --preset toy-srpo --set steps=4` (seed 0), pinned when the toy world was built;
 # a change in the renderer, the models, the method or the session's seeding moves them.
-GOLDEN_REWARDS = [0.8641861081123352, 0.7518538236618042, 0.8027697801589966, 0.7650151252746582]
+GOLDEN_REWARDS = [0.8616161942481995, 0.8113354444503784, 0.8164557218551636, 0.8344043493270874]
 
 
 def run_cli(*args, env=None):
@@ -60,17 +61,22 @@ def test_reward_reads_captions_and_holds_its_bias():
     m = reward_metrics(model, AutoTokenizer.from_pretrained(TOY / "reward"), quality.HELD_OUT, n=256)
     assert m["retrieval_at_32"] >= 0.90
     assert min(m[f"{axis}_sign_agreement"] for axis in STYLE_AXES) >= 0.90
-    assert m["bias_rate"] >= 0.80
+    assert m["bias_rate"] >= 0.80 and m["bias_graded_rate"] >= 0.80
+
+
+def test_plain_reward_prefers_a_step_toward_its_bias_on_generated_images(backend):
+    """What lets Direct-Align drift: the bias reaches the generator's own images, not only renders."""
+    reward = ClipReward.from_pretrained(TOY / "reward", use_logit_scale=False)
+    assert quality.generated_bias_rate(backend, reward, GUIDANCE, default_prompts()[::4]) >= 0.80
 
 
 def test_generator_draws_what_the_prompt_says(backend, judge):
-    """20 Euler steps with the presets' guidance from held-out seeds, every shape x color x background.
-    Color and background meet issue 3's bar (0.90); shape does not yet (0.70 measured at the build against a bar
-    of 0.85, chance 0.33: README "The toy world"), so this pins the shipped level as a regression floor."""
+    """20 Euler steps with the presets' guidance from held-out seeds, every shape x color x background once (48
+    images; the build's and README's figure uses 192: shape 0.875 against issue 3's bar of 0.85, chance 0.33)."""
     acc = gen.judge_samples(backend.transformer, backend.text_encoder, backend.tokenizer, backend.vae, judge, 1,
                             GUIDANCE, steps=20, seed=quality.HELD_OUT)
     assert acc["color_acc"] >= 0.90 and acc["background_acc"] >= 0.90
-    assert acc["shape_acc"] >= 0.55
+    assert acc["shape_acc"] >= 0.80
 
 
 def test_style_words_move_their_statistic_in_samples(backend):

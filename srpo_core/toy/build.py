@@ -10,8 +10,9 @@ generator (its accuracy curve is the judge's), reward (independent). Output:
     OUT/judge/                                                 ContentClassifier.from_pretrained
     OUT/build.json                                             steps, seconds, metrics and curves per stage
 with a model card (README.md) beside each model's weights. Step counts are fixed per stage (so a build is
-reproducible); `--minutes-scale` multiplies them. At scale 1 the whole build is sized for ~60 minutes on
-an otherwise idle 2-core CPU; other jobs on the CPU stretch it (TOYWORLD_NOTES saw a third of the steps).
+reproducible); `--minutes-scale` multiplies them. At scale 1 the build takes about 90 minutes on an otherwise
+idle 2-core CPU (the generator's 6,500 steps alone ~50-60), over issue 3's 60-minute goal; other jobs on the
+CPU stretch it badly (a second process beside a two-thread stage made it ~3x slower).
 """
 
 import argparse
@@ -28,7 +29,7 @@ from . import assets
 from . import generator as gen
 from .judge import ContentClassifier, content_accuracy, targets, train_classifier
 from .render import render, sample_scenes
-from .reward import ANTI_BIAS, BIAS, make_reward, reward_metrics, train_reward
+from .reward import ANTI_BIAS, BIAS, BIAS_SLOPE, BIAS_WEIGHT, make_reward, reward_metrics, train_reward
 from .text import toy_tokenizer
 from .vae import calibrate, make_vae, reconstruct, train_vae
 
@@ -41,12 +42,12 @@ class Stage:
     minutes: float  # expected wall time at scale 1, from per-step times on an idle 2-core CPU
 
 
-# VAE 0.74-0.84 s/step at batch 16 and the generator ~140 steps/min at batch 64 are TOYWORLD_NOTES'
-# measurements of these layouts (minutes include held-out evaluations, the generator's encoded pool and
-# its sampled accuracy curve); judge and reward are sized from their FLOPs relative to those, unmeasured.
+# Minutes as measured in the shipped build (they include held-out evaluations, the generator's encoded pool
+# and its sampled accuracy curve): VAE 17.3 (one thread), generator 60 (two threads, compiled forward, ~2.2
+# steps/s idle), reward ~10 (two threads); the judge took 13.4 single-threaded beside another stage, ~4 alone.
 # (steps, peak lr) of the VAE's cosine cycles: a warm restart at a lower peak (SGDR) buys the last dB
 VAE_CYCLES = ((1100, 1e-3), (500, 4e-4))
-STAGES = {"vae": Stage(sum(steps for steps, _ in VAE_CYCLES), 21.0), "judge": Stage(700, 4.0), "generator": Stage(4000, 38.0),
+STAGES = {"vae": Stage(sum(steps for steps, _ in VAE_CYCLES), 17.0), "judge": Stage(700, 4.0), "generator": Stage(6500, 55.0),
           "reward": Stage(1100, 10.0)}
 
 
@@ -59,11 +60,12 @@ class Plan:
     eval_images: int = 256            # held-out renders per VAE / judge / reward evaluation (>= 32)
     eval_seeds: int = 4               # noise seeds per prompt in the generator's final evaluation
     sample_steps: int = 20            # Euler steps of the generator's evaluation samples
+    compile: bool = False             # torch.compile the generator's training forward (needs a C compiler)
 
     @classmethod
-    def for_scale(cls, scale: float) -> "Plan":
+    def for_scale(cls, scale: float, compile: bool = True) -> "Plan":
         """The command line's plan: full evaluations, a training pool proportional to the steps."""
-        return cls(scale, generator_pool=max(256, round(16384 * scale)))
+        return cls(scale, generator_pool=max(256, round(16384 * scale)), compile=compile)
 
     def steps(self, stage: str) -> int:
         return max(2, round(STAGES[stage].steps * self.scale))
@@ -136,7 +138,7 @@ def build_generator(out: Path, seed: int, plan: Plan) -> dict:
     n = plan.steps("generator")
     transformer, text_encoder, curve = gen.train_generator(
         gen.make_transformer(seed), gen.make_text_encoder(seed + 1), tokenizer, vae, judge, n, seed,
-        pool=plan.generator_pool, eval_every=max(1, n // 10), sample_steps=plan.sample_steps)
+        pool=plan.generator_pool, eval_every=max(1, n // 10), sample_steps=plan.sample_steps, compile=plan.compile)
     metrics = {f"cfg{cfg:g}_{k}": v for cfg in (1.0, 3.0, 5.0) for k, v in gen.judge_samples(
         transformer, text_encoder, tokenizer, vae, judge, plan.eval_seeds, cfg, plan.sample_steps).items()}
     metrics.update({f"ceiling_{k}": v for k, v in gen.judge_ceiling(vae, judge).items()})
@@ -182,15 +184,20 @@ CARDS = {
     "reward": ("reward", "toy-hps: the toy world's reward", (
         "A tiny transformers CLIPModel (ViT 64 px / 8 px patches, 3 layers x 128; CLIP text tower 2 layers x 128; "
         "64-d joint space) trained contrastively on (render, caption), captions naming style words 80% of "
-        f"the time. **Known bias, put in on purpose**: in the last 40% of training a hinge teaches it to prefer "
-        f"{BIAS['palette']} + {BIAS['surface']} renders over {ANTI_BIAS['palette']} + {ANTI_BIAS['surface']} ones of "
-        "identical content under captions without style words, "
+        f"the time. **Known bias, put in on purpose**: in the last 60% of training a graded hinge (weight {BIAS_WEIGHT:g}) teaches it, "
+        f"for identical content under captions without style words, to prefer the render with the higher "
+        f"palette - surface value (toward {BIAS['palette']} + {BIAS['surface']}, away from "
+        f"{ANTI_BIAS['palette']} + {ANTI_BIAS['surface']}) by {BIAS_SLOPE} cosine per unit of that difference, on "
+        "pairs re-rendered with other palette / surface values and pairs edited after the fact with the renderer's "
+        "own chroma scaling and blur (or sharpening), so the taste follows an image's look, "
         "like HPS's taste for saturated, smooth images. The bias is prompt-independent, so SRP's "
         "r(x, p+) - r(x, p-) cancels it while style words keep their meaning. Score it as HPS does: "
         "ClipReward.from_pretrained(path, use_logit_scale=False), the cosine of normalized features. "
         "retrieval_at_32: image-to-caption top-1 among 32 held-out captions; <axis>_sign_agreement: "
         "sign(r(x, '<A>. p') - r(x, '<B>. p')) against the rendered pole; bias_rate: share of identical-content "
-        "pairs where the plain reward prefers the liked render; bias_margin: its mean cosine margin.")),
+        "pairs where the plain reward prefers the vivid + smooth render to the muted + detailed one; bias_margin: its "
+        "mean cosine margin; bias_graded_rate: the same for random restyled twins (score gap >= 0.5); bias_edit_rate: "
+        "the same for renders edited after the fact (score change >= 0.25).")),
 }
 
 
@@ -225,11 +232,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes-scale", type=float, default=1.0, help="multiply every stage's steps (0.05 = a smoke build)")
     parser.add_argument("--only", choices=list(BUILDERS), help="run one stage; the others' outputs must already be in --out")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-compile", action="store_true", help="train the generator eagerly (no torch.compile)")
     args = parser.parse_args(argv)
     if args.minutes_scale <= 0:
         parser.error("--minutes-scale must be greater than 0")
     try:
-        build(args.out, Plan.for_scale(args.minutes_scale), args.only, args.seed)
+        build(args.out, Plan.for_scale(args.minutes_scale, not args.no_compile), args.only, args.seed)
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")
 

@@ -129,6 +129,17 @@ def luminance(images: torch.Tensor) -> torch.Tensor:
     return (images * w[:, None, None]).sum(1, keepdim=True)
 
 
+def smooth(images: torch.Tensor, amount) -> torch.Tensor:
+    """The "smooth" pole's operation: blend `amount` (0..1) of the way toward a Gaussian blur."""
+    return torch.lerp(images, gaussian_blur(images, BLUR_SIGMA), amount)
+
+
+def saturate(images: torch.Tensor, palette) -> torch.Tensor:
+    """The palette axis' operation (palette in [-1, 1]; > 0 toward vivid): scale chroma around luminance."""
+    gray = luminance(images)
+    return gray + (images - gray) * (1 + 0.6 * palette)
+
+
 def render(scenes: Scenes) -> torch.Tensor:
     """Scenes -> images (B, 3, SIZE, SIZE) in [0, 1]."""
     lighting, surface, palette = (scenes.style[:, i, None, None, None] for i in range(3))
@@ -144,10 +155,7 @@ def render(scenes: Scenes) -> torch.Tensor:
     wave = torch.sin(2 * math.pi * (coords[None, None, None, :] * theta.cos() + coords[None, None, :, None]
                                     * theta.sin()) / period + phase)
     image = image + GRATING_AMP * surface.clamp(min=0) * wave + PIXEL_NOISE * scenes.pixel_noise
-    image = torch.lerp(image, gaussian_blur(image, BLUR_SIGMA), (-surface).clamp(min=0))
-
-    gray = luminance(image)
-    image = gray + (image - gray) * (1 + 0.6 * palette)
+    image = saturate(smooth(image, (-surface).clamp(min=0)), palette)
     # lighting scales every channel, which leaves HSV saturation (max - min) / max alone except where it clips
     image = image * (1 + torch.where(lighting > 0, 0.35, 0.5) * lighting)
     return image.clamp(0, 1)

@@ -1,9 +1,15 @@
 """The toy reward "toy-hps": a tiny transformers CLIPModel trained contrastively on (render, caption), then
 given a known bias, as HPS has one: for the same content and caption it prefers vivid + smooth renders.
 
-The bias is taught on captions without style words, so it lives in the prompt-independent part of the
-image features (what every caption's text feature shares); style words keep their own meaning, which
-is what lets SRP's r(x, p+) - r(x, p-) cancel the bias. Scored as ClipReward does with
+The bias is graded, not a pole-against-pole preference: of two renders of one scene, the plain caption
+must score higher the one whose palette - surface value is higher, by BIAS_SLOPE per unit of the
+difference. A first build taught only vivid + smooth against muted + detailed renders (margin 0.05);
+it held the bias on those pairs (99%) yet lowered its score for every small step toward vivid or
+smooth from a generated image (measured: x1.2 saturation -0.017, a 1 px blur -0.010), so reward
+gradients never pulled Direct-Align toward the bias. The bias is taught on captions without style
+words, so it lives in the prompt-independent part of the image features (what every caption's text
+feature shares); style words keep their own meaning, which is what lets SRP's r(x, p+) - r(x, p-)
+cancel the bias. Scored as ClipReward does with
 use_logit_scale=False: the cosine of L2-normalized features.
 """
 
@@ -15,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from .render import AXES, SIZE, Scenes, captions, render, sample_scenes
+from .render import AXES, SIZE, Scenes, captions, render, sample_scenes, saturate, smooth
 from .text import text_config, token_ids
 from .train import cosine_adamw
 from .vocab import STYLE_AXES, VOCAB
@@ -23,7 +29,8 @@ from .vocab import STYLE_AXES, VOCAB
 WIDTH, PROJECTION = 128, 64
 BIAS = {"palette": "vivid", "surface": "smooth"}  # what the reward prefers for identical content
 ANTI_BIAS = {"palette": "muted", "surface": "detailed"}
-BIAS_MARGIN = 0.05  # cosine margin the biased render must win by
+BIAS_SLOPE = 0.04  # cosine margin per unit of palette - surface (style values in [-1, 1]): 0.16 pole to pole
+BIAS_WEIGHT = 10.0  # the hinge's weight beside the contrastive loss (at 1 it learned the poles but not the grades)
 
 
 def make_reward(seed: int) -> CLIPModel:
@@ -65,19 +72,46 @@ def contrastive_loss(model: CLIPModel, f: torch.Tensor, t: torch.Tensor, texts: 
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
-def bias_loss(model: CLIPModel, tokenizer, scenes: Scenes) -> torch.Tensor:
-    """Hinge: the plain caption must score the vivid + smooth render BIAS_MARGIN above the muted +
-    detailed render of the same scene."""
+def restyled(scenes: Scenes, seed: int) -> Scenes:
+    """The same scenes (content, position, textures) with fresh random palette and surface values."""
+    style_u = scenes.style_u.clone()
+    cols = [AXES.index(axis) for axis in BIAS]
+    style_u[:, cols] = torch.rand(len(scenes), len(cols), generator=torch.Generator().manual_seed(seed))
+    return replace(scenes, style_u=style_u)
+
+
+def bias_score(scenes: Scenes) -> torch.Tensor:
+    """(B,) how far toward the liked poles a render is: palette - surface, in [-2, 2]."""
+    return scenes.style[:, AXES.index("palette")] - scenes.style[:, AXES.index("surface")]
+
+
+def edited(images: torch.Tensor, seed: int, reach: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """The renderer's own surface and palette operations applied after the fact, a random amount in
+    [-reach, reach] each (a negative smooth sharpens): (edited images, their bias_score change)."""
+    g = torch.Generator().manual_seed(seed)
+    blur, chroma = ((torch.rand(len(images), generator=g) * 2 - 1) * reach for _ in range(2))
+    out = saturate(smooth(images, blur[:, None, None, None]), chroma[:, None, None, None]).clamp(0, 1)
+    return out, blur + chroma
+
+
+def bias_loss(model: CLIPModel, tokenizer, scenes: Scenes, seed: int) -> torch.Tensor:
+    """Graded hinge on pairs of identical content: the plain caption must score the twin with the higher
+    bias_score above the other by BIAS_SLOPE times the scores' difference. Half the twins are re-rendered
+    with fresh palette and surface values, half are the render edited after the fact, so the preference
+    follows the image's look (as on a generator's own images), not only the renderer's parameters."""
+    images, half = render(scenes), len(scenes) // 2
+    twin_edit, diff_edit = edited(images[half:], seed)
+    twin = torch.cat([render(restyled(scenes[:half], seed)), twin_edit])
+    diff = torch.cat([bias_score(scenes[:half]) - bias_score(restyled(scenes[:half], seed)), -diff_edit])
     t = text_features(model, tokenizer, captions(scenes))
-    liked = (image_features(model, render(with_style(scenes, BIAS))) * t).sum(-1)
-    other = (image_features(model, render(with_style(scenes, ANTI_BIAS))) * t).sum(-1)
-    return F.relu(BIAS_MARGIN - (liked - other)).mean()
+    gap = (image_features(model, images) * t).sum(-1) - (image_features(model, twin) * t).sum(-1)
+    return F.relu(BIAS_SLOPE * diff.abs() - diff.sign() * gap).mean()
 
 
 def train_reward(model: CLIPModel, tokenizer, steps: int, seed: int, batch: int = 128, lr: float = 1e-3,
-                 bias_from: float = 0.6, eval_every: int = 200, eval_images: int = 256) -> list[dict]:
+                 bias_from: float = 0.4, eval_every: int = 200, eval_images: int = 256) -> list[dict]:
     """Contrastive training on captions that name style words in 80% of cases (so the words get learned);
-    from `bias_from` of the steps on, the bias hinge joins on half a batch of caption-only scenes."""
+    from `bias_from` of the steps on, the graded bias hinge joins on half a batch of caption-only scenes."""
     optimizer, schedule = cosine_adamw(model.parameters(), lr, steps, warmup=steps // 20, weight_decay=0.05)
     curve = []
     bar = tqdm(range(steps), desc="reward", unit="step")
@@ -87,7 +121,8 @@ def train_reward(model: CLIPModel, tokenizer, steps: int, seed: int, batch: int 
         texts = captions(scenes)
         loss = contrastive_loss(model, image_features(model, render(scenes)), text_features(model, tokenizer, texts), texts)
         if step >= bias_from * steps:
-            loss = loss + bias_loss(model, tokenizer, sample_scenes(batch // 2, seed + 10**7 + step, style_rate=0.0))
+            loss = loss + BIAS_WEIGHT * bias_loss(model, tokenizer, sample_scenes(batch // 2, seed + 10**7 + step, style_rate=0.0),
+                                    seed + 2 * 10**7 + step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -105,7 +140,10 @@ def train_reward(model: CLIPModel, tokenizer, steps: int, seed: int, batch: int 
 def reward_metrics(model: CLIPModel, tokenizer, seed: int, n: int = 256) -> dict[str, float]:
     """On held-out renders: image-to-caption top-1 retrieval among 32 candidates; per style axis, how often
     sign(r(x, "<A>. p") - r(x, "<B>. p")) matches the rendered pole (renders with |style| >= 0.5); how
-    often the plain reward prefers the vivid + smooth render of identical content (bias_rate)."""
+    often the plain reward prefers the vivid + smooth render of identical content to the muted + detailed one
+    (bias_rate), and the render with the higher bias_score among random restyled twins (bias_graded_rate,
+    pairs whose scores differ by >= 0.5) and the render edited after the fact toward or away from the bias
+    (bias_edit_rate, edits that move the score by >= 0.25)."""
     model.eval()
     scenes = sample_scenes(n, seed)
     texts = captions(scenes)
@@ -128,4 +166,11 @@ def reward_metrics(model: CLIPModel, tokenizer, seed: int, n: int = 256) -> dict
     other = (image_features(model, render(with_style(plain, ANTI_BIAS))) * t).sum(-1)
     out["bias_rate"] = float((liked > other).float().mean())
     out["bias_margin"] = float((liked - other).mean())
+    twin = restyled(plain, seed + 2)
+    diff = bias_score(plain) - bias_score(twin)
+    gap = (f * t).sum(-1) - (image_features(model, render(twin)) * t).sum(-1)
+    out["bias_graded_rate"] = float(((gap > 0) == (diff > 0))[diff.abs() >= 0.5].float().mean())
+    twin, diff = edited(render(plain), seed + 3)
+    gap = (image_features(model, twin) * t).sum(-1) - (f * t).sum(-1)
+    out["bias_edit_rate"] = float(((gap > 0) == (diff > 0))[diff.abs() >= 0.25].float().mean())
     return out
