@@ -55,17 +55,17 @@ class Floor:
     def step(self, step: int, rng: random.Random) -> dict:
         b, r, cfg = self.models.backend, self.models.reward, self.cfg
         t = Timer(self.sync)
-        gen = torch.Generator().manual_seed(step)
-        prompt = rng.choice(self.prompts)
+        gen, n = torch.Generator().manual_seed(step), cfg.batch_size
+        prompts = [rng.choice(self.prompts) for _ in range(n)]
         pos, neg = srp.pick_words(cfg.pos_words, step), srp.pick_words(cfg.neg_words, step)
-        cond = b.encode_prompts([prompt])
-        t_pos, t_neg = r.text_features([srp.augment(prompt, pos), srp.augment(prompt, neg)]).to(b.device).split(1)
+        cond = b.encode_prompts(prompts)
+        t_pos, t_neg = r.text_features([srp.augment(p, w) for w in (pos, neg) for p in prompts]).to(b.device).split(n)
         with t("rollout"), torch.no_grad():
             x0 = da.euler_rollout(lambda x, s: b.velocity(x, s, cond, cfg.guidance),
-                                  torch.randn((1, *self.shape), generator=gen).to(b.device), self.rollout)
-        eps = torch.randn((1, *self.shape), generator=gen).to(b.device)
+                                  torch.randn((n, *self.shape), generator=gen).to(b.device), self.rollout)
+        eps = torch.randn((n, *self.shape), generator=gen).to(b.device)
         i = rng.randrange(cfg.train_grid_len - 2 * self.cells)
-        s_hi, s_lo, s_b = (self.grid[j].reshape(1) for j in (i, i + self.cells, i + 2 * self.cells))
+        s_hi, s_lo, s_b = (self.grid[j].expand(n) for j in (i, i + self.cells, i + 2 * self.cells))
         for start, pair in ((s_hi, (t_pos, t_neg)), (s_b, (t_neg, t_pos))):
             with t("branch_forward"):
                 x = da.inject(x0, eps, start)
