@@ -186,8 +186,8 @@ def build(cfg: RunConfig) -> Models:
         backend.transformer.enable_gradient_checkpointing()
     judge = None
     if cfg.backend == "toy":
-        from .toy.judge import ContentClassifier
-        judge = assets.load("judge", lambda path: ContentClassifier.from_pretrained(path).eval())
+        from .toy.judge import load_judge
+        judge = load_judge()
     return Models(backend, load_reward(cfg, device, dtype), judge)
 
 

@@ -10,9 +10,9 @@ generator (its accuracy curve is the judge's), reward (independent). Output:
     OUT/judge/                                                 ContentClassifier.from_pretrained
     OUT/build.json                                             steps, seconds, metrics and curves per stage
 with a model card (README.md) beside each model's weights. Step counts are fixed per stage (so a build is
-reproducible); `--minutes-scale` multiplies them. At scale 1 the build takes about 90 minutes on an otherwise
-idle 2-core CPU (the generator's 6,500 steps alone ~50-60), over issue 3's 60-minute goal; other jobs on the
-CPU stretch it badly (a second process beside a two-thread stage made it ~3x slower).
+reproducible); `--minutes-scale` multiplies them. At scale 1 the shipped build took about 104 minutes of a
+2-core CPU (stage by stage in STAGES' comment), over issue 3's 60-minute goal; other jobs on the CPU stretch
+it badly (a second process beside a two-thread stage made it ~3x slower).
 """
 
 import argparse
@@ -27,7 +27,7 @@ from diffusers import AutoencoderKL
 from ..config import ConfigError
 from . import assets
 from . import generator as gen
-from .judge import ContentClassifier, content_accuracy, targets, train_classifier
+from .judge import ContentClassifier, content_accuracy, load_judge, targets, train_classifier
 from .render import render, sample_scenes
 from .reward import ANTI_BIAS, BIAS, BIAS_SLOPE, BIAS_WEIGHT, make_reward, reward_metrics, train_reward
 from .text import toy_tokenizer
@@ -44,11 +44,12 @@ class Stage:
 
 # Minutes as measured in the shipped build (they include held-out evaluations, the generator's encoded pool
 # and its sampled accuracy curve): VAE 17.3 (one thread), generator 60 (two threads, compiled forward, ~2.2
-# steps/s idle), reward ~10 (two threads); the judge took 13.4 single-threaded beside another stage, ~4 alone.
+# steps/s idle, so ~55 alone), reward 13.3 (two threads); the judge took 13.4 single-threaded beside another
+# stage, ~4 alone (estimated).
 # (steps, peak lr) of the VAE's cosine cycles: a warm restart at a lower peak (SGDR) buys the last dB
 VAE_CYCLES = ((1100, 1e-3), (500, 4e-4))
 STAGES = {"vae": Stage(sum(steps for steps, _ in VAE_CYCLES), 17.0), "judge": Stage(700, 4.0), "generator": Stage(6500, 55.0),
-          "reward": Stage(1100, 10.0)}
+          "reward": Stage(1100, 13.0)}
 
 
 @dataclass(frozen=True)
@@ -112,10 +113,6 @@ def build_vae(out: Path, seed: int, plan: Plan) -> dict:
 
 def load_vae(out: Path) -> AutoencoderKL:
     return assets.load("generator/vae", lambda path: AutoencoderKL.from_pretrained(path).eval(), out)
-
-
-def load_judge(out: Path) -> ContentClassifier:
-    return assets.load("judge", lambda path: ContentClassifier.from_pretrained(path).eval(), out)
 
 
 def build_judge(out: Path, seed: int, plan: Plan) -> dict:

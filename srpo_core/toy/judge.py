@@ -5,12 +5,15 @@ the renderer produces (RANGES: the 0.5th and 99.5th percentiles over the 4,096 r
 `sample_scenes(4096, 5)`; values outside are clipped).
 """
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import assets
 from .render import Scenes, gaussian_blur, luminance, parse, render, sample_scenes
 from .train import cosine_adamw
 from .vocab import BACKGROUNDS, COLORS, SHAPES
@@ -152,3 +155,8 @@ def summary(per_image: dict[str, torch.Tensor]) -> dict[str, float | None]:
         out[name] = float(per_image[name].mean())
         out[f"{name}_sd"] = float(per_image[name].std()) if len(per_image[name]) > 1 else 0.0
     return out
+
+
+def load_judge(root: Path | None = None) -> ContentClassifier:
+    """The built judge (root: a build's --out; default the toy world in use), in eval mode."""
+    return assets.load("judge", lambda path: ContentClassifier.from_pretrained(path).eval(), root)

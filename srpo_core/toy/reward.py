@@ -100,9 +100,10 @@ def bias_loss(model: CLIPModel, tokenizer, scenes: Scenes, seed: int) -> torch.T
     with fresh palette and surface values, half are the render edited after the fact, so the preference
     follows the image's look (as on a generator's own images), not only the renderer's parameters."""
     images, half = render(scenes), len(scenes) // 2
+    other = restyled(scenes[:half], seed)
     twin_edit, diff_edit = edited(images[half:], seed)
-    twin = torch.cat([render(restyled(scenes[:half], seed)), twin_edit])
-    diff = torch.cat([bias_score(scenes[:half]) - bias_score(restyled(scenes[:half], seed)), -diff_edit])
+    twin = torch.cat([render(other), twin_edit])
+    diff = torch.cat([bias_score(scenes[:half]) - bias_score(other), -diff_edit])
     t = text_features(model, tokenizer, captions(scenes))
     gap = (image_features(model, images) * t).sum(-1) - (image_features(model, twin) * t).sum(-1)
     return F.relu(BIAS_SLOPE * diff.abs() - diff.sign() * gap).mean()
@@ -154,7 +155,8 @@ def reward_metrics(model: CLIPModel, tokenizer, seed: int, n: int = 256) -> dict
     out = {"retrieval_at_32": sum(hits) / len(hits)}
     plain = sample_scenes(n, seed + 1, style_rate=0.0)
     p = captions(plain)
-    f = image_features(model, render(plain))
+    plain_images = render(plain)
+    f = image_features(model, plain_images)
     for i, (axis, (a, b)) in enumerate(STYLE_AXES.items()):
         margin = (f * (text_features(model, tokenizer, [f"{a.capitalize()}. {c}" for c in p])
                        - text_features(model, tokenizer, [f"{b.capitalize()}. {c}" for c in p]))).sum(-1)
@@ -170,7 +172,7 @@ def reward_metrics(model: CLIPModel, tokenizer, seed: int, n: int = 256) -> dict
     diff = bias_score(plain) - bias_score(twin)
     gap = (f * t).sum(-1) - (image_features(model, render(twin)) * t).sum(-1)
     out["bias_graded_rate"] = float(((gap > 0) == (diff > 0))[diff.abs() >= 0.5].float().mean())
-    twin, diff = edited(render(plain), seed + 3)
+    twin, diff = edited(plain_images, seed + 3)
     gap = (image_features(model, twin) * t).sum(-1) - (f * t).sum(-1)
     out["bias_edit_rate"] = float(((gap > 0) == (diff > 0))[diff.abs() >= 0.25].float().mean())
     return out
