@@ -195,12 +195,13 @@ class Lab:
 
     # models (callers hold self.device)
     def models(self, cfg: RunConfig, run: str = "") -> Models:
-        lora = self.run_dir(run) if run and run != BASE else None
+        tuned = self.run_dir(run) if run and run != BASE else None
+        weights = RunStore(tuned).weights_path(self.run_cfg(run)) if tuned else None
         key = (cfg.backend, cfg.model, cfg.reward, cfg.reward_model, cfg.device,
-               str(lora), lora and (lora / "pytorch_lora_weights.safetensors").stat().st_mtime)
+               str(tuned), weights and weights.exists() and weights.stat().st_mtime)
         if self._cached is None or self._cached[0] != key:
             self._cached = None
-            self._cached = (key, evaluate.load_models(cfg, lora))
+            self._cached = (key, evaluate.load_models(cfg, tuned))
         return self._cached[1]
 
     def run_cfg(self, run: str) -> RunConfig:
@@ -561,7 +562,8 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
             return "No runs yet: launch one in Tune.", curves_figure([]), [], {}, None, gr.Timer(active=False)
         try:
             store = RunStore(lab.run_dir(name))
-            cfg = store.config().to_dict()
+            run_cfg = store.config()
+            cfg = run_cfg.to_dict()
         except (ConfigError, OSError, json.JSONDecodeError) as e:
             return f"⚠️ {e}", curves_figure([]), [], {}, None, gr.Timer(active=False)
         status, state, rows = store.status(), lab.state(name), store.metrics()
@@ -572,8 +574,9 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                 + (f"\n\n⚠️ {status['error']}" if status.get("error") else "")
                 + ("\n\nThis run's process ended before it finished; its files up to the last step are intact."
                    if state == "interrupted" else ""))
-        lora = str(store.lora_path) if store.lora_path.is_file() else None
-        return text, curves_figure(rows), previews, cfg, lora, gr.Timer(active=state == "running")
+        weights = store.weights_path(run_cfg)
+        files = sorted(map(str, weights.glob("*"))) if weights.is_dir() else [str(weights)] if weights.is_file() else None
+        return text, curves_figure(rows), previews, cfg, files, gr.Timer(active=state == "running")
 
     def ask_delete(name: str | None):
         try:
@@ -713,7 +716,8 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                                          elem_classes="pixels")
                 with gr.Row():
                     run_config = gr.JSON(label="Resolved config (a preset: replay with --preset <run>/config.json)")
-                    run_lora = gr.File(label="LoRA weights", elem_id="run-lora")
+                    run_weights = gr.File(label="Tuned weights (LoRA file, or a full fine-tune's transformer/ folder)",
+                                       file_count="multiple", elem_id="run-weights")
                 with gr.Row():
                     run_stop_btn = gr.Button("Stop this run", variant="stop")
                     delete_btn = gr.Button("Delete this run…")
@@ -767,7 +771,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
 
         # -------- events: runs
         lists = [runs_dd, rec_model, cmp_a, cmp_b]
-        run_view = [run_info, run_plot, run_gallery, run_config, run_lora, watch]
+        run_view = [run_info, run_plot, run_gallery, run_config, run_weights, watch]
         refresh_btn.click(refresh_lists, [runs_dd], lists, api_visibility="private", **free)
         runs_dd.change(show_run, [runs_dd], run_view, api_visibility="private", **free)
         watch.tick(show_run, [runs_dd], run_view, api_visibility="private", show_progress="hidden", **free)

@@ -16,7 +16,7 @@ import torch
 from . import config, evaluate, srp
 from . import direct_align as da
 from .events import StepMetrics
-from .lora import add_lora, make_optimizer
+from .lora import make_optimizer, make_trainable
 from .models import build
 from .schedule import dsigma_cells, sampling_sigmas, train_sigmas
 from .session import Session, training_prompts
@@ -42,7 +42,7 @@ class Floor:
         self.cfg = cfg
         self.models = build(cfg)
         b = self.models.backend
-        self.params = add_lora(b.transformer, cfg, b.lora_targets)
+        self.params = make_trainable(b.transformer, cfg, b.lora_targets)
         self.opt = make_optimizer(self.params, cfg)
         self.prompts = training_prompts(cfg)
         lo, hi = cfg.train_sigma_range

@@ -42,6 +42,7 @@ def cmd_train(args) -> int:
 
     from .events import Failed, Finished, Started, StepMetrics
     from .session import Session
+    from .store import RunStore
     cfg = _cfg(args)
     bar = None
     session = Session(cfg, args.out, preset=args.preset)
@@ -61,10 +62,11 @@ def cmd_train(args) -> int:
         elif isinstance(event, Finished):
             if bar is not None:
                 bar.close()
+            weights = RunStore(event.run_dir).weights_path(cfg)
             emit({"run_dir": str(event.run_dir), "steps": event.summary["steps"],
                   "reward_first": event.summary["reward_first"], "reward_last": event.summary["reward_last"],
-                  "srp_last": event.summary["srp_last"], "lora_path": str(event.run_dir / "pytorch_lora_weights.safetensors"),
-                  "seconds": event.summary["seconds"]}, args.json)
+                  "srp_last": event.summary["srp_last"], "lora_path": str(weights) if cfg.finetune == "lora" else None,
+                  "weights_path": str(weights), "seconds": event.summary["seconds"]}, args.json)
     return 0
 
 
@@ -189,13 +191,13 @@ def build_parser() -> Parser:
     c = command("sample", cmd_sample, "Generate one image.")
     c.add_argument("--prompt", required=True)
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--lora", help="a run directory whose LoRA to load")
+    c.add_argument("--lora", help="a run directory whose tuned weights (LoRA or full) to load")
     c.add_argument("--out", required=True, help="output PNG file")
     c = command("recover", cmd_recover, "Per-timestep recoveries: one-step vs Direct-Align PSNR across sigma.")
     c.add_argument("--prompt", required=True)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--sigmas", default="0.1,0.3,0.5,0.7,0.9")
-    c.add_argument("--lora", help="a run directory whose LoRA to load")
+    c.add_argument("--lora", help="a run directory whose tuned weights (LoRA or full) to load")
     c.add_argument("--out", help="grid PNG (rows: noisy, one-step, Direct-Align)")
     c = command("score", cmd_score, "Reward of an image: r(p), r(p+), r(p-) and SRP.")
     c.add_argument("--image", required=True)
@@ -203,8 +205,8 @@ def build_parser() -> Parser:
     c.add_argument("--pos", help="positive control word (default: the preset's first)")
     c.add_argument("--neg", help="negative control word (default: the preset's first)")
     c = command("eval", cmd_eval, "Mean reward (and, on the toy world, the judge) of generated images over prompts x seeds.")
-    c.add_argument("--lora", action="append", help="a run directory whose LoRA to load; repeat it (and give 'base' for "
-                                                   "no LoRA) to compare several runs in one table")
+    c.add_argument("--lora", action="append", help="a run directory whose tuned weights (LoRA or full) to load; repeat "
+                                                   "it (and give 'base' for the untuned model) to compare runs in one table")
     c.add_argument("--prompts", help="UTF-8 text file, one prompt a line (default: the preset's prompts)")
     c.add_argument("--seeds", type=int, default=2)
     c = command("compare", cmd_compare, "The paper's table in miniature: tune each preset, then evaluate base and "

@@ -28,6 +28,7 @@ LrSchedule = Literal["constant", "constant_with_warmup", "linear", "cosine"]
 Precision = Literal["auto", "no", "bf16"]
 Weighting = Literal["k-schedule", "lambda"]
 Device = Literal["auto", "cpu", "cuda"]
+Finetune = Literal["lora", "full"]
 
 
 # Beyond these a value is a typo, not a plan: refuse it before it turns into an out-of-memory kill.
@@ -72,7 +73,11 @@ class RunConfig:
     # training
     steps: int = _f(20, "Number of optimizer steps.", "training")
     seed: int = _f(0, "Seed for prompts, noise and sigma draws.", "training")
-    lr: float = _f(1e-4, "Learning rate of the LoRA parameters.", "training")
+    finetune: Finetune = _f("lora", "What trains: lora (an adapter; the base stays frozen) or full (every transformer "
+                                    "weight; the run saves a whole transformer/ folder).", "training")
+    shard: bool = _f(False, "Multi-process runs: shard the transformer's weights, gradients and optimizer state across "
+                            "processes (FSDP2) instead of replicating them (DDP).", "training", True)
+    lr: float = _f(1e-4, "Learning rate of the trained parameters.", "training")
     lr_schedule: LrSchedule = _f("constant", "Learning-rate schedule.", "training", True)
     warmup_steps: int = _f(0, "Warm-up steps of the learning-rate schedule.", "training", True)
     optimizer: Optimizer = _f("adamw", "adamw (torch) or bitsandbytes 8-bit AdamW variants.", "training")
@@ -153,6 +158,12 @@ class RunConfig:
         if self.quantization != "none" and self.backend in ("tiny", "toy"):
             raise ConfigError("quantization needs a model loaded from a directory or hub id (backend flux or sd3), "
                               "not the tiny or toy models.")
+        if self.shard and self.quantization != "none":
+            raise ConfigError("shard=true needs unquantized transformer weights (quantization=none); sharding already "
+                              "divides the weights' memory by the number of processes.")
+        if self.finetune == "full" and self.quantization != "none":
+            raise ConfigError("finetune=full trains every transformer weight, which 4/8-bit quantized weights cannot hold; "
+                              "set quantization=none, or finetune=lora.")
         for p in self.prompts:
             if not p.strip():
                 raise ConfigError("prompts must not contain empty or whitespace-only entries.")

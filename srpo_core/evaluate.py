@@ -20,23 +20,29 @@ def require_prompt(prompt: str) -> str:
     return prompt.strip()
 
 
-def load_models(cfg: RunConfig, lora_run: str | Path | None = None) -> Models:
-    """Build the config's models and, if given, load a run's LoRA into the generator."""
+def load_models(cfg: RunConfig, tuned_run: str | Path | None = None) -> Models:
+    """Build the config's models and, if given, load a run's tuned weights (LoRA or full) into the generator."""
     models = build(cfg)
-    if lora_run:
-        attach_lora(models, cfg, lora_run)
+    if tuned_run:
+        attach_tuned(models, cfg, tuned_run)
     return models
 
 
-def attach_lora(models: Models, cfg: RunConfig, run_dir: str | Path) -> None:
+def attach_tuned(models: Models, cfg: RunConfig, run_dir: str | Path) -> None:
     store = RunStore(Path(run_dir))
-    if not store.lora_path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory with LoRA weights ({store.lora_path.name} missing).")
+    if not (store.dir / "config.json").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (it has no config.json).")
     run_cfg = store.config()
+    weights = store.weights_path(run_cfg)
+    if not weights.exists():
+        raise ConfigError(f"{run_dir} is not a run directory with tuned weights ({weights.name} missing).")
     if (run_cfg.backend, run_cfg.model) != (cfg.backend, cfg.model):
         raise ConfigError(f"run {store.name} was tuned on backend={run_cfg.backend} model={run_cfg.model or '-'}, "
                           f"not on this preset's backend={cfg.backend} model={cfg.model or '-'}.")
-    models.backend.load_lora(store.lora_path)
+    if run_cfg.finetune == "full":
+        models.backend.load_full(weights)
+    else:
+        models.backend.load_lora(weights)
 
 
 def _ctx(models: Models, cfg: RunConfig) -> methods.Context:

@@ -1,4 +1,4 @@
-"""LoRA adapters (peft, through diffusers' add_adapter) and optimizers (torch / bitsandbytes)."""
+"""What trains (a LoRA adapter through peft, or every transformer weight) and its optimizer (torch / bitsandbytes)."""
 
 import torch
 from diffusers.optimization import get_scheduler
@@ -19,8 +19,22 @@ def add_lora(transformer: torch.nn.Module, cfg: RunConfig, default_targets: list
     return params
 
 
-def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+def make_trainable(transformer: torch.nn.Module, cfg: RunConfig, default_targets: list[str]) -> list[torch.nn.Parameter]:
+    """finetune=lora: a LoRA adapter on a frozen base; finetune=full: every transformer weight."""
+    if cfg.finetune == "lora":
+        return add_lora(transformer, cfg, default_targets)
+    transformer.requires_grad_(True)
+    return list(transformer.parameters())
+
+
+def tuned_state_dict(transformer: torch.nn.Module, cfg: RunConfig, state: dict | None = None) -> dict[str, torch.Tensor]:
+    """The weights a run saves, on the CPU: the LoRA layers (peft's key names) or the whole transformer.
+    `state` is a full state dict gathered from sharded processes; None reads the module itself."""
+    if cfg.finetune == "lora":
+        state = get_peft_model_state_dict(transformer, state_dict=state)
+    elif state is None:
+        state = transformer.state_dict()
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: RunConfig) -> torch.optim.Optimizer:

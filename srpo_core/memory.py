@@ -1,6 +1,7 @@
 """A GPU memory estimate for one training step, shown before launch.
 
-weights (frozen, by dtype / quantization) + LoRA (fp32 weights + grads) + optimizer states + activations.
+weights (by dtype / quantization) + LoRA (fp32 weights + grads) or, fully fine-tuned, the transformer's grads +
+optimizer states + activations; a sharded run divides the transformer's weights, grads and states by the processes.
 Activations are not guessed: the transformer and the VAE decoder are rebuilt from their configs on
 torch's meta device (no memory, no weights), LoRA is added, and one Direct-Align branch (velocity ->
 decode) runs under saved-tensor hooks that add up the bytes autograd keeps for backward.
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig
-from .lora import add_lora
+from .lora import make_trainable
 
 GB = 1024 ** 3
 OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "paged-adamw8bit": 2}  # state bytes per LoRA parameter
@@ -79,7 +80,7 @@ def activation_bytes(backend, cfg: RunConfig, cond, dtype: torch.dtype) -> dict[
         # nn.Module.to: ModelMixin.to warns about modules kept in fp32, which concerns loaded weights only
         transformer = nn.Module.to(transformer_cls.from_config(backend.transformer.config), dtype)
         vae = nn.Module.to(vae_cls.from_config(backend.vae.config), dtype)
-    add_lora(transformer, cfg, cfg.lora_targets or backend.lora_targets)
+    make_trainable(transformer, cfg, backend.lora_targets)
     vae.requires_grad_(False)
     c, h, w = backend.latent_shape(cfg.resolution)
     # only shapes matter; a CFG backend runs uncond + cond as one batch
@@ -115,20 +116,24 @@ def activation_bytes(backend, cfg: RunConfig, cond, dtype: torch.dtype) -> dict[
     return out
 
 
-def estimate(backend, reward, cfg: RunConfig, cond, trainable: int, dtype: torch.dtype) -> dict[str, float]:
+def estimate(backend, reward, cfg: RunConfig, cond, trainable: int, dtype: torch.dtype, shards: int = 1) -> dict[str, float]:
     """GB by component and in total (rounded to 0.01); `cond` = one encoded prompt (for its shapes),
-    `trainable` = LoRA parameter count."""
+    `trainable` = trained parameter count, `shards` = processes a sharded run spreads the transformer over."""
     width = torch.finfo(dtype).bits // 8
+    full = cfg.finetune == "full"
+    # LoRA parameters train in fp32; a full fine-tune's grads and AdamW states take the weights' dtype
+    grad_bytes = width if full else 4
+    state_bytes = 2 * width if full and cfg.optimizer == "adamw" else OPTIMIZER_BYTES[cfg.optimizer]
     encoders = [getattr(backend.pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")] \
         if getattr(backend, "pipe", None) is not None else [getattr(backend, "text_encoder", None)]
     model = getattr(reward, "model", None)
     parts = {
-        "transformer_weights": weight_bytes(backend.transformer, width, cfg.quantization),
+        "transformer_weights": weight_bytes(backend.transformer, width, cfg.quantization) / shards,
         "text_encoders": sum(weight_bytes(e, width) for e in encoders),
         "vae": weight_bytes(backend.vae, width),
         "reward_model": weight_bytes(model, width),
-        "lora_and_grads": trainable * 8.0,  # fp32 weights + fp32 gradients
-        "optimizer_states": trainable * float(OPTIMIZER_BYTES[cfg.optimizer]),
+        "gradients" if full else "lora_and_grads": trainable * (grad_bytes + (0 if full else 4)) / shards,
+        "optimizer_states": trainable * float(state_bytes) / shards,
         **activation_bytes(backend, cfg, cond, dtype),
     }
     gb = {k: round(v / GB, 2) for k, v in parts.items()}
@@ -148,10 +153,10 @@ def fits(total_gb: float, device: torch.device) -> str | None:
             "(flux-dev-24gb), quantization=nf4, gradient_checkpointing=true or a lower resolution.")
 
 
-def report(models, cfg: RunConfig, prompts: list[str], trainable: int) -> dict:
+def report(models, cfg: RunConfig, prompts: list[str], trainable: int, shards: int = 1) -> dict:
     """What a session states before its first step: the total, the breakdown, and a warning when it won't fit."""
     backend = models.backend
-    est = estimate(backend, models.reward, cfg, backend.encode_prompts(prompts[:1]), trainable, backend.vae.dtype)
+    est = estimate(backend, models.reward, cfg, backend.encode_prompts(prompts[:1]), trainable, backend.vae.dtype, shards)
     out = {"memory_estimate_gb": est["total"], "memory_breakdown_gb": est}
     warning = fits(est["total"], backend.device)
     if warning:

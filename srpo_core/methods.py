@@ -24,6 +24,9 @@ class Context:
     reward: Reward
     cfg: RunConfig
     clean_bank: torch.Tensor | None = None  # offline mode: VAE latents of real images
+    # FSDP2 keeps the weights it all-gathers in a rollout for the next forward, and inference tensors may never
+    # enter autograd: sharded sessions roll out under no_grad instead
+    inference_mode: bool = True
 
     def __post_init__(self):
         lo, hi = self.cfg.train_sigma_range
@@ -59,7 +62,7 @@ class Branch:
 def sample(ctx: Context, cond: Cond, noise: torch.Tensor) -> torch.Tensor:
     """Euler rollout of the current model from pure noise to clean latents, under inference mode
     (no autograd bookkeeping at all); the result is only ever a constant input to the losses."""
-    with torch.inference_mode():
+    with torch.inference_mode() if ctx.inference_mode else torch.no_grad():
         return da.euler_rollout(ctx.velocity_fn(cond), noise, ctx.sample_grid)
 
 

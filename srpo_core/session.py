@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import DistributedType, broadcast_object_list
 from PIL import Image
+from torch.distributed.tensor import DTensor
 
-from . import memory, methods, srp
+from . import memory, methods, sharding, srp
 from .config import ConfigError, RunConfig
 from .events import Checkpoint, Event, Failed, Finished, Preview, Started, StepMetrics
-from .lora import add_lora, lora_state_dict, make_lr_scheduler, make_optimizer
+from .lora import make_lr_scheduler, make_optimizer, make_trainable, tuned_state_dict
 from .models import Models, build, pick_device
 from .store import RunStore, check_writable, from_pil, save_image
 from .toy.vocab import default_prompts, train_prompts
@@ -103,23 +104,33 @@ class Session:
         mp = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if device.type == "cuda" else "no")
         # Under `accelerate launch` this joins the process group (DDP on GPUs, gloo on CPUs) and selects
         # this process's GPU, so the models built next land on it.
-        self.accelerator = Accelerator(mixed_precision=mp, cpu=device.type == "cpu",
-                                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+        acc = self.accelerator = Accelerator(mixed_precision=mp, cpu=device.type == "cpu",
+                                             kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+        accelerate_fsdp = acc.distributed_type == DistributedType.FSDP  # launched with an FSDP accelerate config
+        if acc.num_processes > 1 and (cfg.shard or accelerate_fsdp) and cfg.method == "refl":
+            raise ConfigError("sharded training cannot run method refl: ReFL stops each process's rollout at a step of "
+                              "its own, while sharded forwards run in lockstep; use srpo, direct-align or draft.")
         self.models = self.models or build(cfg)
         backend = self.models.backend
         if cfg.free_text_encoders:
             backend.free_text_encoders(prompts + [cfg.preview_prompt or prompts[0]])
-        self.params = add_lora(backend.transformer, cfg, backend.lora_targets)
-        if self.accelerator.num_processes > 1:
-            # Gradients flow through DDP; no-grad rollouts and previews make no collective calls
-            # (no buffer broadcast), so the main process alone may render previews.
-            backend.denoiser = self.accelerator.prepare_model(backend.transformer)
+        self.params = make_trainable(backend.transformer, cfg, backend.lora_targets)
+        if acc.num_processes > 1 and cfg.shard and not accelerate_fsdp:
+            sharding.shard(backend.transformer, acc.device)
+        elif acc.num_processes > 1:
+            # DDP, or accelerate's FSDP plugin when its config asks for it. DDP's no-grad rollouts and previews make
+            # no collective calls (no buffer broadcast), so the main process alone may render previews.
+            backend.denoiser = acc.prepare_model(backend.transformer)
+        # Sharded forwards and weight gathers are collective: every process takes part in previews and saves.
+        self.sharded = sharding.is_sharded(backend.transformer)
+        if self.sharded:
+            self.params = [p for p in backend.transformer.parameters() if p.requires_grad]  # now DTensor shards
         if cfg.compile_transformer:
             backend.denoiser = torch.compile(backend.denoiser)
         self.optimizer = make_optimizer(self.params, cfg)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg)
         bank = backend.encode_images(images) if images is not None else None
-        self.ctx = methods.Context(backend, self.models.reward, cfg, bank)
+        self.ctx = methods.Context(backend, self.models.reward, cfg, bank, inference_mode=not self.sharded)
         self.recipe = methods.RECIPES[cfg.method]
         self.prompts = prompts
 
@@ -133,7 +144,8 @@ class Session:
         derived = {"images_per_step": cfg.batch_size * cfg.grad_accum * acc.num_processes, "processes": acc.num_processes,
                    "dsigma": round(cfg.dsigma, 5), "trainable_params": sum(p.numel() for p in self.params),
                    "prompts": len(self.prompts), "device": str(self.ctx.backend.device), "mixed_precision": acc.mixed_precision}
-        derived.update(memory.report(self.models, cfg, self.prompts, derived["trainable_params"]))
+        derived.update(memory.report(self.models, cfg, self.prompts, derived["trainable_params"],
+                                     acc.num_processes if self.sharded else 1))
         yield Started(run_dir, cfg.to_dict(), derived)
         rng = random.Random(cfg.seed)
         rows: list[dict] = []
@@ -145,16 +157,22 @@ class Session:
                 self.store.append_metrics(rows[-1])
                 self.store.set_status("running", step=step)
             yield StepMetrics(step, cfg.steps, rows[-1])
-            if self.store and cfg.preview_every and step % cfg.preview_every == 0:
-                yield Preview(step, self._preview(step))
-            if self.store and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                yield Checkpoint(step, self._save_lora())
+            joins = self.store is not None or self.sharded
+            if joins and cfg.preview_every and step % cfg.preview_every == 0:
+                preview = self._preview(step)
+                if self.store:
+                    yield Preview(step, preview)
+            if joins and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                saved = self._save_weights()
+                if self.store:
+                    yield Checkpoint(step, saved)
         done = len(rows)
         summary = {"steps": done, "reward_first": rows[0]["reward"] if rows else None,
                    "reward_last": rows[-1]["reward"] if rows else None, "srp_last": rows[-1]["srp"] if rows else None,
                    "seconds": round(sum(r["seconds"] for r in rows), 3)}
+        saved = self._save_weights() if self.store or self.sharded else None
         if self.store:
-            yield Checkpoint(done, self._save_lora())
+            yield Checkpoint(done, saved)
             self.store.write_card(cfg, self.preset, summary)
             self.store.set_status("stopped" if done < cfg.steps else "finished", step=done, summary=summary)
         acc.wait_for_everyone()
@@ -183,6 +201,8 @@ class Session:
                         totals[key].append(getattr(branch, key).detach().float())
                     totals["loss"].append(branch.loss.detach().float().reshape(1) / cfg.grad_accum)
         grad_norm = acc.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if isinstance(grad_norm, DTensor):
+            grad_norm = grad_norm.full_tensor()
         lr = self.lr_scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.lr_scheduler.step()
@@ -192,7 +212,8 @@ class Session:
         row = {"step": step}
         if acc.num_processes > 1:
             stats = acc.reduce(stats, "mean")
-            row["replica_spread"] = self._replica_spread()
+            if not self.sharded:  # sharded weights have one copy, spread over the processes: nothing to compare
+                row["replica_spread"] = self._replica_spread()
         for key, value in zip(("reward", "srp", "sigma", "loss"), stats.tolist()):
             row[key] = None if math.isnan(value) else value
         return {**row, "grad_norm": float(grad_norm), "lr": lr, "seconds": round(time.perf_counter() - t0, 4)}
@@ -204,20 +225,31 @@ class Session:
         gathered = self.accelerator.gather(fingerprint)
         return float((gathered.max(0).values - gathered.min(0).values).max())
 
-    def _preview(self, step: int) -> Path:
+    def _preview(self, step: int) -> Path | None:
         prompt = self.cfg.preview_prompt or self.prompts[0]
         gen = torch.Generator().manual_seed(self.cfg.seed)
         cond = self.ctx.backend.encode_prompts([prompt])
         with torch.no_grad(), self.accelerator.autocast():
             image = self.ctx.backend.decode(methods.sample(self.ctx, cond, self.ctx.noise(1, gen)))[0]
-        return save_image(image, self.store.preview_path(step))
+        return save_image(image, self.store.preview_path(step)) if self.store else None
 
-    def _save_lora(self) -> Path:
-        """Write the weights in a scratch folder, then rename them into place (never half-written)."""
-        with tempfile.TemporaryDirectory(dir=self.store.dir, prefix=".lora-") as scratch:
-            written = self.ctx.backend.save_lora(Path(scratch), lora_state_dict(self.ctx.backend.transformer))
-            os.replace(written, self.store.lora_path)
-        return self.store.lora_path
+    def _save_weights(self) -> Path | None:
+        """Write the tuned weights (LoRA file or transformer/ folder) in a scratch folder, then rename them into
+        place, so they are never half-written; a sharded run first gathers them onto the main process."""
+        backend, cfg = self.ctx.backend, self.cfg
+        gathered = sharding.full_state_dict(backend.transformer) if self.sharded else None
+        if not self.store:
+            return None
+        state, target = tuned_state_dict(backend.transformer, cfg, gathered), self.store.weights_path(cfg)
+        with tempfile.TemporaryDirectory(dir=self.store.dir, prefix=".weights-") as scratch:
+            if cfg.finetune == "lora":
+                os.replace(backend.save_lora(Path(scratch), state), target)
+            else:
+                written = backend.save_full(Path(scratch) / "new", state)
+                if target.exists():  # a folder cannot be replaced in one rename: the old one leaves with the scratch
+                    os.replace(target, Path(scratch) / "old")
+                os.replace(written, target)
+        return target
 
 
 def run(cfg: RunConfig, runs_root: str | Path = "runs", preset: str = "") -> list[Event]:

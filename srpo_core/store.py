@@ -130,15 +130,23 @@ class RunStore:
     def lora_path(self) -> Path:
         return self.dir / "pytorch_lora_weights.safetensors"
 
+    @property
+    def full_dir(self) -> Path:
+        """A full fine-tune's transformer, as a diffusers model folder."""
+        return self.dir / "transformer"
+
+    def weights_path(self, cfg: RunConfig) -> Path:
+        return self.full_dir if cfg.finetune == "full" else self.lora_path
+
     def write_card(self, cfg: RunConfig, preset: str, summary: dict) -> None:
         rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
         text = f"""---
 library_name: diffusers
-tags: [lora, srpo, text-to-image]
+tags: [{'lora, ' if cfg.finetune == 'lora' else ''}srpo, text-to-image]
 ---
 # {self.name}
 
-LoRA tuned with SRPO Studio (`srpo_core`), preset `{preset}`.
+{'LoRA' if cfg.finetune == 'lora' else 'Transformer (full fine-tune, in transformer/)'} tuned with SRPO Studio (`srpo_core`), preset `{preset}`.
 
 | | |
 |---|---|
@@ -147,7 +155,7 @@ LoRA tuned with SRPO Studio (`srpo_core`), preset `{preset}`.
 | method | {cfg.method} (weighting: {cfg.weighting}{', inversion branch' if cfg.method == 'srpo' and cfg.inversion else ''}) |
 | control words | + {', '.join(cfg.pos_words) or '-'} / - {', '.join(cfg.neg_words) or '-'} |
 | steps | {cfg.steps} |
-| LoRA | rank {cfg.lora_rank}, alpha {cfg.lora_alpha} |
+| trained | {f'LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha}' if cfg.finetune == 'lora' else 'every transformer weight'} |
 
 ## Final metrics
 | metric | value |

@@ -179,7 +179,7 @@ def test_stop_ends_a_session_and_keeps_the_run(page):
     open_tab(page, "Runs")
     page.get_by_role("button", name="Refresh").click()
     expect(page.locator("#run-info")).to_contain_text("stopped")
-    expect(page.locator("#run-lora a").first).to_have_attribute("href", re.compile("pytorch_lora_weights"))
+    expect(page.locator("#run-weights a").first).to_have_attribute("href", re.compile("pytorch_lora_weights"))
     shot(page, "4-runs")
 
 

@@ -99,6 +99,57 @@ def test_same_seed_same_trajectory(tmp_path):
     assert other != [r["reward"] for r in rows[0]]
 
 
+def test_full_finetune_trains_every_weight_and_saves_a_loadable_transformer(tmp_path):
+    from diffusers import FluxTransformer2DModel
+
+    session = Session(tiny(finetune="full", checkpoint_every=2), tmp_path)
+    events, before = [], None
+    for event in session:
+        if isinstance(event, Started):
+            before = snapshot(session.models.backend.transformer)
+        events.append(event)
+    assert isinstance(events[-1], Finished), events[-1]
+    transformer = session.models.backend.transformer
+    assert not any("lora" in n for n, _ in transformer.named_parameters())
+    assert events[0].derived["trainable_params"] == sum(p.numel() for p in transformer.parameters())
+    after = snapshot(transformer)
+    moved = [n for n in after if not torch.equal(after[n], before[n])]
+    assert len(moved) > 0.9 * len(after), f"only {len(moved)} of {len(after)} weights trained"
+    store = RunStore(events[-1].run_dir)
+    assert [e.step for e in events if isinstance(e, Checkpoint)] == [2, 3]
+    assert events[-2].path == store.full_dir and not store.lora_path.exists()
+    assert not [p for p in store.dir.rglob("*") if p.name.startswith(".")], "temp files left behind"
+    assert "every transformer weight" in (store.dir / "README.md").read_text()
+    # the folder is a diffusers model: from_pretrained reads back exactly the trained weights
+    reloaded = FluxTransformer2DModel.from_pretrained(store.full_dir)
+    assert all(torch.equal(p, after[n]) for n, p in reloaded.named_parameters())
+    # base vs tuned: load_models swaps the tuned weights into a freshly built base, which stays untouched otherwise
+    cfg = session.cfg
+    tuned, base = evaluate.load_models(cfg, store.dir), evaluate.load_models(cfg)
+    assert all(torch.equal(p, after[n]) for n, p in tuned.backend.transformer.named_parameters())
+    assert all(torch.equal(p, before[n]) for n, p in base.backend.transformer.named_parameters())
+    images = [evaluate.generate(m, cfg, [PROMPT], seed=3) for m in (tuned, base)]
+    assert images[0].shape == images[1].shape == (1, 3, cfg.resolution, cfg.resolution)
+    assert (images[0] - images[1]).abs().max() > 1e-4
+
+
+def test_memory_estimate_counts_a_full_finetune():
+    """A full fine-tune's grads and AdamW states take the weights' dtype (LoRA's train in fp32); a sharded run
+    divides them by the processes. A billion trained parameters, so the GB figures are not rounded away."""
+    from srpo_core import memory
+    from srpo_core.models import build
+
+    models = build(tiny())
+    cond, n, gb = models.backend.encode_prompts([PROMPT]), 10 ** 9, memory.GB
+    bf16 = {shards: memory.estimate(models.backend, models.reward, tiny(finetune="full"), cond, n, torch.bfloat16, shards)
+            for shards in (1, 2)}
+    lora = memory.estimate(models.backend, models.reward, tiny(), cond, n, torch.bfloat16)
+    assert bf16[1]["gradients"] == round(2 * n / gb, 2) and bf16[1]["optimizer_states"] == round(4 * n / gb, 2)
+    assert bf16[2]["gradients"] == round(n / gb, 2) and bf16[2]["optimizer_states"] == round(2 * n / gb, 2)
+    assert lora["lora_and_grads"] == round(8 * n / gb, 2) and lora["optimizer_states"] == round(8 * n / gb, 2)
+    assert bf16[2]["total"] < bf16[1]["total"] < lora["total"]
+
+
 @pytest.mark.parametrize("optimizer", ["adamw8bit", "paged-adamw8bit"])
 def test_8bit_optimizers_train_lora(tmp_path, optimizer):
     session = Session(tiny(optimizer=optimizer, steps=2, preview_every=0), tmp_path)

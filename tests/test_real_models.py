@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from srpo_core import config, memory, models
 from srpo_core.config import ConfigError
 from srpo_core.events import Finished, Started
-from srpo_core.lora import add_lora, lora_state_dict
+from srpo_core.lora import add_lora, make_trainable, tuned_state_dict
 from srpo_core.rewards import AestheticHead, AestheticScorer, OpenClipReward
 from srpo_core.session import run
 
@@ -65,7 +65,7 @@ def _tuned_backend(fx, family: str):
 @pytest.mark.parametrize("family,pipeline_cls", [("flux", FluxPipeline), ("sd3", StableDiffusion3Pipeline)])
 def test_lora_round_trips_through_the_diffusers_pipeline(fx, family, pipeline_cls, tmp_path):
     cfg, backend = _tuned_backend(fx, family)
-    path = backend.save_lora(tmp_path, lora_state_dict(backend.transformer))
+    path = backend.save_lora(tmp_path, tuned_state_dict(backend.transformer, cfg))
     torch.manual_seed(4)
     x = torch.randn(1, *backend.latent_shape(cfg.resolution))
     sigma, cond = torch.tensor([0.7]), backend.encode_prompts([PROMPT])
@@ -77,6 +77,29 @@ def test_lora_round_trips_through_the_diffusers_pipeline(fx, family, pipeline_cl
         pipe.load_lora_weights(str(tmp_path), weight_name=path.name)
         loaded = backend.velocity(x, sigma, cond, cfg.guidance)
     assert (base - tuned).abs().max() > 1e-3
+    torch.testing.assert_close(loaded, tuned, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,pipeline_cls", [("flux", FluxPipeline), ("sd3", StableDiffusion3Pipeline)])
+def test_full_finetune_folder_loads_into_the_diffusers_pipeline(fx, family, pipeline_cls, tmp_path):
+    """A full fine-tune's transformer/ folder is a diffusers model: the pipeline takes it as its transformer."""
+    cfg = fixture_cfg(fx, f"{family}-clip", finetune="full")
+    backend = models.build(cfg).backend
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in make_trainable(backend.transformer, cfg, backend.lora_targets):
+            p.add_(torch.randn_like(p) * 0.02)
+    folder = backend.save_full(tmp_path / "transformer", tuned_state_dict(backend.transformer, cfg))
+    x, sigma, cond = torch.randn(1, *backend.latent_shape(cfg.resolution)), torch.tensor([0.7]), backend.encode_prompts([PROMPT])
+    with torch.no_grad():
+        tuned = backend.velocity(x, sigma, cond, cfg.guidance)
+        base = pipeline_cls.from_pretrained(fx[family])
+        transformer = type(base.transformer).from_pretrained(folder)
+        backend.denoiser = pipeline_cls.from_pretrained(fx[family], transformer=transformer).transformer
+        loaded = backend.velocity(x, sigma, cond, cfg.guidance)
+        backend.denoiser = base.transformer
+        untouched = backend.velocity(x, sigma, cond, cfg.guidance)
+    assert (untouched - tuned).abs().max() > 1e-3
     torch.testing.assert_close(loaded, tuned, rtol=1e-4, atol=1e-5)
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from accelerate.utils import load_checkpoint_in_model
+from huggingface_hub import save_torch_state_dict
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigError
@@ -33,6 +35,8 @@ class Backend(Protocol):
     def unknown_words(self, prompt: str) -> list[str]: ...
     def save_lora(self, directory: Path, state_dict: dict) -> Path: ...
     def load_lora(self, path: Path) -> None: ...
+    def save_full(self, directory: Path, state_dict: dict) -> Path: ...
+    def load_full(self, directory: Path) -> None: ...
 
 
 class PromptCache:
@@ -101,6 +105,7 @@ def vae_encode(vae, images: torch.Tensor) -> torch.Tensor:
 
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+FULL_WEIGHTS = "diffusion_pytorch_model{suffix}.safetensors"  # diffusers' names, so from_pretrained reads the folder
 
 
 class DiffusersBackend:
@@ -132,3 +137,17 @@ class DiffusersBackend:
     def load_lora(self, path: Path) -> None:
         path = Path(path)
         self.transformer.load_lora_adapter(str(path.parent), weight_name=path.name, prefix="transformer")
+
+    def save_full(self, directory: Path, state_dict: dict) -> Path:
+        """A whole transformer as a diffusers model folder (config.json + safetensors shards + index), which
+        `from_pretrained` loads. The state dict is passed in because a sharded model's own is only a shard."""
+        self.transformer.save_config(directory)
+        save_torch_state_dict(state_dict, directory, filename_pattern=FULL_WEIGHTS, max_shard_size="10GB")
+        return Path(directory)
+
+    def load_full(self, directory: Path) -> None:
+        """Load a `save_full` folder into the transformer in place (every key must match)."""
+        directory = Path(directory)
+        index = directory / (FULL_WEIGHTS.format(suffix="") + ".index.json")
+        load_checkpoint_in_model(self.transformer, str(index if index.is_file() else directory / FULL_WEIGHTS.format(suffix="")),
+                                 strict=True)
