@@ -145,6 +145,19 @@ def test_compare_base_with_a_run(server):
     assert same["A"] == {**same["B"], "run": "base"}
 
 
+def test_compare_base_with_a_full_finetune(server):
+    """A full fine-tune has no adapter to switch off: Compare builds the base and swaps the tuned transformer in."""
+    c = server["client"]
+    run = c.submit("tiny", json.dumps({"lr": 0.002, "finetune": "full"}), 3, api_name="/train").result()[0]
+    store = RunStore(server["runs"] / run)
+    assert (store.full_dir / "diffusion_pytorch_model.safetensors").is_file() and not store.lora_path.exists()
+    a, b, scores = c.predict(PROMPT, 5, "base", run, api_name="/compare")
+    base = np.asarray(Image.open(c.predict(PROMPT, 5, api_name="/generate")))
+    assert np.array_equal(np.asarray(Image.open(a)), base)
+    assert not np.array_equal(np.asarray(Image.open(b)), base)
+    assert scores["A"]["reward"] != scores["B"]["reward"]
+
+
 @pytest.mark.parametrize("endpoint,args,message", [
     ("/generate", ("  ", 0), "prompt is empty"),
     ("/train", ("no-such-preset", "{}", 2), "unknown preset"),
