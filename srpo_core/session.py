@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import DistributedType, broadcast_object_list
+from accelerate.utils import DistributedType, broadcast_object_list, parse_flag_from_env
 from PIL import Image
 from torch.distributed.tensor import DTensor
 
@@ -106,8 +106,10 @@ class Session:
         # this process's GPU, so the models built next land on it.
         acc = self.accelerator = Accelerator(mixed_precision=mp, cpu=device.type == "cpu",
                                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
-        accelerate_fsdp = acc.distributed_type == DistributedType.FSDP  # launched with an FSDP accelerate config
-        if acc.num_processes > 1 and (cfg.shard or accelerate_fsdp) and cfg.method == "refl":
+        accelerate_fsdp = acc.distributed_type == DistributedType.FSDP  # an FSDP accelerate config, on GPUs
+        # accelerate ignores an FSDP config on CPU processes (see sharding.py); srpo_core shards them itself
+        shard = acc.num_processes > 1 and (cfg.shard or parse_flag_from_env("ACCELERATE_USE_FSDP"))
+        if (shard or accelerate_fsdp) and cfg.method == "refl":
             raise ConfigError("sharded training cannot run method refl: ReFL stops each process's rollout at a step of "
                               "its own, while sharded forwards run in lockstep; use srpo, direct-align or draft.")
         self.models = self.models or build(cfg)
@@ -115,7 +117,7 @@ class Session:
         if cfg.free_text_encoders:
             backend.free_text_encoders(prompts + [cfg.preview_prompt or prompts[0]])
         self.params = make_trainable(backend.transformer, cfg, backend.lora_targets)
-        if acc.num_processes > 1 and cfg.shard and not accelerate_fsdp:
+        if shard and not accelerate_fsdp:
             sharding.shard(backend.transformer, acc.device)
         elif acc.num_processes > 1:
             # DDP, or accelerate's FSDP plugin when its config asks for it. DDP's no-grad rollouts and previews make

@@ -1,9 +1,10 @@
-"""FSDP2 sharding of the transformer across the processes of an `accelerate launch` (shard=true).
+"""FSDP2 sharding of the transformer across the processes of an `accelerate launch` (shard=true, or an FSDP
+accelerate config on CPU processes).
 
-accelerate's FSDP plugin makes these same torch `fully_shard` calls, and a launch with an FSDP accelerate
-config goes through it. But accelerate 1.15 turns FSDP on only for accelerator devices (its state picks
-FSDP inside the multi-GPU branch), so CPU processes could never run, or test, sharded training; calling
-torch's `fully_shard` on the process group accelerate has already joined gives one path on CPUs and GPUs.
+accelerate's FSDP plugin makes these same torch `fully_shard` calls, and an FSDP launch on GPUs goes through
+it. But accelerate 1.15 turns FSDP on only for accelerator devices (its state picks FSDP inside the multi-GPU
+branch), so CPU processes could never run, or test, sharded training; calling torch's `fully_shard` on the
+process group accelerate has already joined gives the same sharding there.
 """
 
 import torch

@@ -15,9 +15,11 @@ from srpo_core.models import build
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def launch(out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+def launch(out: Path, *overrides: str, config_file: str = "") -> subprocess.CompletedProcess:
+    """`accelerate launch` of 2 processes: with one of configs/accelerate/, or plain --multi_gpu flags."""
+    setup = ["--config_file", str(ROOT / "configs" / "accelerate" / config_file)] if config_file else \
+        ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *setup, "--num_processes", "2", "--mixed_precision", "no",
            "-m", "srpo_core", "train", "--preset", "tiny", "--set", "steps=3", "--set", "preview_every=2",
            *[arg for o in overrides for arg in ("--set", o)], "--out", str(out), "--json"]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -49,11 +51,12 @@ def test_two_processes_stay_in_sync_and_write_one_run(tmp_path):
 
 
 def test_sharded_full_finetune_matches_replicated_training(tmp_path):
-    """FSDP2 spreads one copy of the weights over the processes; the math is DDP's, so the weights must agree."""
+    """FSDP2 spreads one copy of the weights over the processes; the math is DDP's, so the weights must agree.
+    Both runs use the README's launch configs (accelerate hands FSDP on CPU back to srpo_core's own sharding)."""
     runs = {}
-    for shard in ("false", "true"):
+    for shard, config_file in (("false", "ddp.yaml"), ("true", "fsdp.yaml")):
         out = tmp_path / f"shard-{shard}"
-        runs[shard] = one_complete_run(launch(out, "finetune=full", f"shard={shard}"), out)
+        runs[shard] = one_complete_run(launch(out, "finetune=full", config_file=config_file), out)
     weights = {k: load_file(run / "transformer" / "diffusion_pytorch_model.safetensors") for k, run in runs.items()}
     base = build(config.load("tiny")).backend.transformer.state_dict()
     assert weights["true"].keys() == weights["false"].keys() == base.keys()
@@ -61,8 +64,9 @@ def test_sharded_full_finetune_matches_replicated_training(tmp_path):
     assert gap < 1e-5, f"sharded and replicated weights differ by {gap}"
     moved = sum(not torch.equal(weights["true"][k], base[k]) for k in base)
     assert moved > 0.9 * len(base), f"only {moved} of {len(base)} weights trained"
-    rows = [json.loads(line) for line in (runs["true"] / "metrics.jsonl").read_text().splitlines()]
-    assert all("replica_spread" not in r for r in rows)  # one sharded copy: no replicas to compare
+    rows = {k: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for k, run in runs.items()}
+    assert all(r["replica_spread"] == 0.0 for r in rows["false"])  # replicas in sync
+    assert all("replica_spread" not in r for r in rows["true"])  # one sharded copy: no replicas to compare
 
 
 def test_sharded_refl_is_refused_before_any_run_directory(tmp_path):
