@@ -11,7 +11,7 @@ from . import direct_align as da
 from . import methods, srp
 from .config import ConfigError, RunConfig
 from .models import Models, build
-from .store import RunStore
+from .store import CONFIG, RunStore
 
 
 def require_prompt(prompt: str) -> str:
@@ -30,8 +30,8 @@ def load_models(cfg: RunConfig, tuned_run: str | Path | None = None) -> Models:
 
 def attach_tuned(models: Models, cfg: RunConfig, run_dir: str | Path) -> None:
     store = RunStore(Path(run_dir))
-    if not (store.dir / "config.json").is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (it has no config.json).")
+    if not (store.dir / CONFIG).is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (it has no {CONFIG}).")
     run_cfg = store.config()
     weights = store.weights_path(run_cfg)
     if not weights.exists():

@@ -121,8 +121,9 @@ def estimate(backend, reward, cfg: RunConfig, cond, trainable: int, dtype: torch
     `trainable` = trained parameter count, `shards` = processes a sharded run spreads the transformer over."""
     width = torch.finfo(dtype).bits // 8
     full = cfg.finetune == "full"
-    # LoRA parameters train in fp32; a full fine-tune's grads and AdamW states take the weights' dtype
-    grad_bytes = width if full else 4
+    # LoRA trains fp32 copies (weights + grads, 8 bytes); a full fine-tune's weights are counted with the
+    # transformer's, and its grads and AdamW states take the weights' dtype
+    trained_bytes = width if full else 8
     state_bytes = 2 * width if full and cfg.optimizer == "adamw" else OPTIMIZER_BYTES[cfg.optimizer]
     encoders = [getattr(backend.pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")] \
         if getattr(backend, "pipe", None) is not None else [getattr(backend, "text_encoder", None)]
@@ -132,7 +133,7 @@ def estimate(backend, reward, cfg: RunConfig, cond, trainable: int, dtype: torch
         "text_encoders": sum(weight_bytes(e, width) for e in encoders),
         "vae": weight_bytes(backend.vae, width),
         "reward_model": weight_bytes(model, width),
-        "gradients" if full else "lora_and_grads": trainable * (grad_bytes + (0 if full else 4)) / shards,
+        "gradients" if full else "lora_and_grads": trainable * trained_bytes / shards,
         "optimizer_states": trainable * float(state_bytes) / shards,
         **activation_bytes(backend, cfg, cond, dtype),
     }

@@ -151,6 +151,7 @@ class Session:
         yield Started(run_dir, cfg.to_dict(), derived)
         rng = random.Random(cfg.seed)
         rows: list[dict] = []
+        joins = self.store is not None or self.sharded  # this process takes part in previews and saves
         for step in range(1, cfg.steps + 1):
             if self._stop_requested():
                 break
@@ -159,7 +160,6 @@ class Session:
                 self.store.append_metrics(rows[-1])
                 self.store.set_status("running", step=step)
             yield StepMetrics(step, cfg.steps, rows[-1])
-            joins = self.store is not None or self.sharded
             if joins and cfg.preview_every and step % cfg.preview_every == 0:
                 preview = self._preview(step)
                 if self.store:
@@ -172,7 +172,7 @@ class Session:
         summary = {"steps": done, "reward_first": rows[0]["reward"] if rows else None,
                    "reward_last": rows[-1]["reward"] if rows else None, "srp_last": rows[-1]["srp"] if rows else None,
                    "seconds": round(sum(r["seconds"] for r in rows), 3)}
-        saved = self._save_weights() if self.store or self.sharded else None
+        saved = self._save_weights() if joins else None
         if self.store:
             yield Checkpoint(done, saved)
             self.store.write_card(cfg, self.preset, summary)

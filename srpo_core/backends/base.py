@@ -147,7 +147,6 @@ class DiffusersBackend:
 
     def load_full(self, directory: Path) -> None:
         """Load a `save_full` folder into the transformer in place (every key must match)."""
-        directory = Path(directory)
-        index = directory / (FULL_WEIGHTS.format(suffix="") + ".index.json")
-        load_checkpoint_in_model(self.transformer, str(index if index.is_file() else directory / FULL_WEIGHTS.format(suffix="")),
-                                 strict=True)
+        single = Path(directory) / FULL_WEIGHTS.format(suffix="")
+        index = single.with_name(single.name + ".index.json")  # written instead when the weights were split
+        load_checkpoint_in_model(self.transformer, str(index if index.is_file() else single), strict=True)
