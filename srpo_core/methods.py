@@ -60,8 +60,9 @@ class Branch:
 
 
 def sample(ctx: Context, cond: Cond, noise: torch.Tensor) -> torch.Tensor:
-    """Euler rollout of the current model from pure noise to clean latents, under inference mode
-    (no autograd bookkeeping at all); the result is only ever a constant input to the losses."""
+    """Euler rollout of the current model from pure noise to clean latents, under inference mode (no autograd
+    bookkeeping at all; no_grad in sharded sessions, see Context.inference_mode); the result is only ever a
+    constant input to the losses."""
     with torch.inference_mode() if ctx.inference_mode else torch.no_grad():
         return da.euler_rollout(ctx.velocity_fn(cond), noise, ctx.sample_grid)
 
