@@ -87,6 +87,11 @@ class Session:
                              "(flux-dev-80gb -> flux-dev-24gb), a lower resolution, or gradient_checkpointing=true.")
         except Exception as e:  # a failed run must still end with a readable directory and an event
             yield self._fail(f"{type(e).__name__}: {e}")
+        finally:
+            if self.accelerator is not None and self.accelerator.num_processes > 1:
+                # Left to interpreter shutdown, gloo's worker threads can abort the exiting process (SIGABRT,
+                # "terminate called without an active exception"); destroying the process group first avoids it.
+                self.accelerator.end_training()
 
     def _fail(self, message: str) -> Failed:
         if self.store:
