@@ -10,9 +10,9 @@ generator (its accuracy curve is the judge's), reward (independent). Output:
     OUT/judge/                                                 ContentClassifier.from_pretrained
     OUT/build.json                                             steps, seconds, metrics and curves per stage
 with a model card (README.md) beside each model's weights. Step counts are fixed per stage (so a build is
-reproducible); `--minutes-scale` multiplies them. At scale 1 the shipped build took about 104 minutes of a
-2-core CPU (stage by stage in STAGES' comment), over issue 3's 60-minute goal; other jobs on the CPU stretch
-it badly (a second process beside a two-thread stage made it ~3x slower).
+reproducible); `--minutes-scale` multiplies them. At scale 1 the shipped build takes 93-98 minutes of an
+idle 2-core CPU (stage by stage in STAGES' comment), over issue 3's 60-minute goal; other jobs on the CPU
+stretch it badly (a second process beside a two-thread stage made it ~3x slower).
 """
 
 import argparse
@@ -43,12 +43,11 @@ class Stage:
 
 
 # Minutes as measured in the shipped build (they include held-out evaluations, the generator's encoded pool
-# and its sampled accuracy curve): VAE 17.3 (one thread), generator 60 (two threads, compiled forward, ~2.2
-# steps/s idle, so ~55 alone), reward 13.3 (two threads); the judge took 13.4 single-threaded beside another
-# stage, ~4 alone (estimated).
+# and its sampled accuracy curve): VAE 17.3, generator 60 (compiled forward; ~55 on an
+# idle CPU), reward 13.3; the judge took 13.4 beside another stage and 6.9 alone (700 steps in a 2026-11-26 build).
 # (steps, peak lr) of the VAE's cosine cycles: a warm restart at a lower peak (SGDR) buys the last dB
 VAE_CYCLES = ((1100, 1e-3), (500, 4e-4))
-STAGES = {"vae": Stage(sum(steps for steps, _ in VAE_CYCLES), 17.0), "judge": Stage(700, 4.0), "generator": Stage(6500, 55.0),
+STAGES = {"vae": Stage(sum(steps for steps, _ in VAE_CYCLES), 17.0), "judge": Stage(700, 7.0), "generator": Stage(6500, 55.0),
           "reward": Stage(1100, 13.0)}
 
 
@@ -159,9 +158,9 @@ def build_reward(out: Path, seed: int, plan: Plan) -> dict:
 CARDS = {
     "vae": ("generator/vae", "Toy world VAE", (
         "diffusers AutoencoderKL, 64x64x3 renders -> 16x16x8 latents (three levels 16/32/64, one layer per "
-        "block), MSE + 3e-5 KL on fresh procedural renders (srpo_core.toy.render), batch 16, AdamW over two "
-        "cosine cycles (1100 steps at peak lr 1e-3, then a warm restart: 500 at 4e-4). PSNR on 256 held-out "
-        "renders, posterior mode. shift/scaling factors give render latents zero mean and unit variance.")),
+        "block), MSE + 3e-5 KL on fresh procedural renders (srpo_core.toy.render), batch 16, AdamW over "
+        f"cosine cycles of (steps, peak lr) {list(VAE_CYCLES)}, each after the first a warm restart. PSNR on 256 "
+        "held-out renders, posterior mode. shift/scaling factors give render latents zero mean and unit variance.")),
     "judge": ("judge", "Toy world judge", (
         "Content classifier (four conv blocks, heads for shape / color / background) trained on ground-truth "
         "labels of fresh renders, half of each batch VAE reconstructions of renders, so it reads decoded "
