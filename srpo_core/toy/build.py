@@ -43,8 +43,8 @@ class Stage:
 
 
 # Minutes as measured in the shipped build (they include held-out evaluations, the generator's encoded pool
-# and its sampled accuracy curve): VAE 17.3, generator 60 (compiled forward; ~55 on an
-# idle CPU), reward 13.3; the judge took 13.4 beside another stage and 6.9 alone (700 steps in a 2026-11-26 build).
+# and its sampled accuracy curve): VAE 17.3, generator 60 (compiled forward; ~55 on an idle CPU), reward 13.3;
+# the judge took 13.4 beside another stage and 6.9 alone (its 700 steps, timed in a 2026-11-26 build).
 # (steps, peak lr) of the VAE's cosine cycles: a warm restart at a lower peak (SGDR) buys the last dB
 VAE_CYCLES = ((1100, 1e-3), (500, 4e-4))
 STAGES = {"vae": Stage(sum(steps for steps, _ in VAE_CYCLES), 17.0), "judge": Stage(700, 7.0), "generator": Stage(6500, 55.0),
