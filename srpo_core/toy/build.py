@@ -31,7 +31,7 @@ from .judge import ContentClassifier, content_accuracy, load_judge, targets, tra
 from .render import render, sample_scenes
 from .reward import ANTI_BIAS, BIAS, BIAS_SLOPE, BIAS_WEIGHT, make_reward, reward_metrics, train_reward
 from .text import toy_tokenizer
-from .vae import calibrate, make_vae, reconstruct, train_vae
+from .vae import KL_WEIGHT, calibrate, make_vae, reconstruct, train_vae
 
 MAX_FILE_BYTES = 10 * 1024**2  # Hugging Face's limit for files without LFS
 
@@ -158,7 +158,7 @@ def build_reward(out: Path, seed: int, plan: Plan) -> dict:
 CARDS = {
     "vae": ("generator/vae", "Toy world VAE", (
         "diffusers AutoencoderKL, 64x64x3 renders -> 16x16x8 latents (three levels 16/32/64, one layer per "
-        "block), MSE + 3e-5 KL on fresh procedural renders (srpo_core.toy.render), batch 16, AdamW over "
+        f"block), MSE + {KL_WEIGHT:g} KL on fresh procedural renders (srpo_core.toy.render), batch 16, AdamW over "
         f"cosine cycles of (steps, peak lr) {list(VAE_CYCLES)}, each after the first a warm restart. PSNR on 256 "
         "held-out renders, posterior mode. shift/scaling factors give render latents zero mean and unit variance.")),
     "judge": ("judge", "Toy world judge", (
