@@ -10,9 +10,10 @@ generator (its accuracy curve is the judge's), reward (independent). Output:
     OUT/judge/                                                 ContentClassifier.from_pretrained
     OUT/build.json                                             steps, seconds, metrics and curves per stage
 with a model card (README.md) beside each model's weights. Step counts are fixed per stage (so a build is
-reproducible); `--minutes-scale` multiplies them. At scale 1 the shipped build takes 93-98 minutes of an
-idle 2-core CPU (stage by stage in STAGES' comment), over issue 3's 60-minute goal; other jobs on the CPU
-stretch it badly (a second process beside a two-thread stage made it ~3x slower).
+reproducible); `--minutes-scale` multiplies them. At scale 1 the shipped build took 59.5 minutes of an idle
+2-core CPU (stage by stage in STAGES' comment), inside issue 3's 60-minute goal by half a minute. Machines of
+this kind differ in speed (the same VAE stage took 22.4 minutes on another one), and other jobs on the CPU stretch
+a build badly (a second process beside a two-thread stage made it ~3x slower).
 """
 
 import argparse
@@ -42,13 +43,14 @@ class Stage:
     minutes: float  # expected wall time at scale 1, from per-step times on an idle 2-core CPU
 
 
-# Minutes as measured in the shipped build (they include held-out evaluations, the generator's encoded pool
-# and its sampled accuracy curve): VAE 17.3, generator 60 (compiled forward; ~55 on an idle CPU), reward 13.3;
-# the judge took 13.4 beside another stage and 6.9 alone (its 700 steps, timed in a 2026-11-26 build).
+# Minutes as measured in the shipped build, 2026-11-26, each stage its own `--only` process on an idle CPU (they
+# include held-out evaluations, the generator's encoded pool and its sampled accuracy curve): VAE 18.2, judge 4.6,
+# generator 25.4 (compiled forward), reward 11.3. The generator needs ~180k training images for shape (batch 64 x
+# 2,800 steps crossed 0.85 on every seed tried; batch 32 at 3,000 steps on none): docs/toy-build-experiments.md.
 # (steps, peak lr) of the VAE's cosine cycles: a warm restart at a lower peak (SGDR) buys the last dB
-VAE_CYCLES = ((1100, 1e-3), (500, 4e-4))
-STAGES = {"vae": Stage(sum(steps for steps, _ in VAE_CYCLES), 17.0), "judge": Stage(700, 7.0), "generator": Stage(6500, 55.0),
-          "reward": Stage(1100, 13.0)}
+VAE_CYCLES = ((1000, 1e-3), (1000, 4e-4))
+STAGES = {"vae": Stage(sum(steps for steps, _ in VAE_CYCLES), 18.0), "judge": Stage(700, 5.0),
+          "generator": Stage(2800, 25.0), "reward": Stage(1000, 11.0)}
 
 
 @dataclass(frozen=True)
