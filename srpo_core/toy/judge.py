@@ -18,7 +18,7 @@ from .render import Scenes, gaussian_blur, luminance, parse, render, sample_scen
 from .train import cosine_adamw
 from .vocab import BACKGROUNDS, COLORS, SHAPES
 
-RANGES = {"brightness": (0.26, 0.985), "saturation": (0.038, 0.736), "detail": (0.0149, 0.1057)}
+RANGES = {"brightness": (0.252, 0.978), "saturation": (0.0675, 0.769), "detail": (0.0175, 0.1157)}
 DETAIL_BLUR = 1.5  # px: keeps most of the "detailed" grating (period 8-11 px) in the residual
 HEADS = {"shape": SHAPES, "color": COLORS, "background": BACKGROUNDS}
 
