@@ -18,7 +18,7 @@ from .vocab import BACKGROUNDS, COLORS, GLUE, SHAPES, SIZES, STYLE_AXES
 
 SIZE = 64
 # Big enough that the generator learns shape in a 60-minute build (at 10-13 / 14-17 px it needed ~3x the steps:
-# docs/toy-build-experiments.md); the frame still leaves the centre +-6 px of room
+# docs/toy-build-experiments.md); sample_scenes' margin keeps the widest shape inside the frame
 RADII = {"small": (14.0, 17.0), "large": (18.0, 21.0)}
 SHAPE_RGB = {"red": (0.86, 0.16, 0.14), "green": (0.14, 0.70, 0.20), "blue": (0.16, 0.32, 0.92),
              "yellow": (0.96, 0.84, 0.16)}
