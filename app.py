@@ -38,9 +38,10 @@ from PIL import Image
 
 from srpo_core import config, evaluate, srp
 from srpo_core.config import ConfigError, RunConfig
-from srpo_core.events import Failed, Finished, Preview, Started, StepMetrics
+from srpo_core.events import Failed, Finished, Preview, Started, StepMetrics, StepRecord
 from srpo_core.models import Models
-from srpo_core.session import Session, training_prompts
+from srpo_core.data import training_prompts
+from srpo_core.session import Session
 from srpo_core.store import RunStore, from_pil, list_runs, to_pil
 from srpo_core.toy.vocab import STYLE_AXES
 
@@ -238,14 +239,14 @@ def finite(value):
     return value
 
 
-def curves_figure(rows: list[dict]) -> go.Figure:
+def curves_figure(rows: list[StepRecord]) -> go.Figure:
     titles = [t for _, t in CURVES] + ["reward against sigma"]
     fig = make_subplots(rows=2, cols=3, subplot_titles=titles, horizontal_spacing=0.07, vertical_spacing=0.22)
-    steps = [r["step"] for r in rows]
+    steps = [r.step for r in rows]
     for i, (key, title) in enumerate(CURVES):
-        fig.add_trace(go.Scatter(x=steps, y=[r.get(key) for r in rows], mode="lines+markers", name=title,
+        fig.add_trace(go.Scatter(x=steps, y=[getattr(r, key) for r in rows], mode="lines+markers", name=title,
                                  marker={"size": 4}), row=i // 3 + 1, col=i % 3 + 1)
-    fig.add_trace(go.Scatter(x=[r.get("sigma") for r in rows], y=[r.get("reward") for r in rows], mode="markers",
+    fig.add_trace(go.Scatter(x=[r.sigma for r in rows], y=[r.reward for r in rows], mode="markers",
                              name="reward vs sigma", marker={"color": steps, "colorscale": "Viridis", "size": 7,
                                                              "colorbar": {"title": "step", "thickness": 10}}),
                   row=2, col=3)
@@ -253,7 +254,7 @@ def curves_figure(rows: list[dict]) -> go.Figure:
     fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_xaxes(title_text="step", row=2, col=2)
     fig.update_xaxes(title_text="sigma", row=2, col=3)
-    lrs = [r["lr"] for r in rows if r.get("lr") is not None]
+    lrs = [r.lr for r in rows]
     # A constant schedule is a flat line, and plotly's autorange would centre it on a meaningless span.
     fig.update_yaxes(exponentformat="e", range=[0, 1.25 * max(lrs)] if lrs and max(lrs) > 0 else None, row=2, col=2)
     fig.update_layout(height=480, showlegend=False, margin={"l": 50, "r": 20, "t": 40, "b": 40})
@@ -289,12 +290,13 @@ def psnr_figure(table: dict) -> go.Figure:
     return fig
 
 
-def progress_text(step: int, total: int, started: float, metrics: dict) -> str:
+def progress_text(step: int, total: int, started: float, record: StepRecord) -> str:
     elapsed = time.perf_counter() - started
     eta = elapsed / step * (total - step) if step else float("nan")
+    num = lambda v: "-" if v is None else f"{v:+.4f}"  # noqa: E731  (None: not finite, or no control words)
     return (f"**step {step}/{total}** · {elapsed:.1f} s elapsed · ETA {eta:.1f} s · "
-            f"reward {metrics.get('reward', float('nan')):+.4f} · SRP {metrics.get('srp') or 0:+.4f} · "
-            f"loss {metrics.get('loss') or 0:+.4f}")
+            f"reward {num(record.reward)} · SRP {num(record.srp)} · loss {num(record.loss)} · "
+            f"words + {record.pos_word or '-'} / - {record.neg_word or '-'}")
 
 
 def image_tensor(path: str | None, resolution: int):
@@ -481,8 +483,8 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                 text = f"**{run}** started · " + " · ".join(f"{k} {v}" for k, v in event.derived.items())
                 figure, gallery = curves_figure([]), []
             elif isinstance(event, StepMetrics):
-                rows.append(event.metrics)
-                text = progress_text(event.step, event.total, started, event.metrics)
+                rows.append(event.record)
+                text = progress_text(event.step, event.total, started, event.record)
                 # Redrawing six subplots costs ~0.1 s; once a second keeps fast steps streaming.
                 if time.perf_counter() - drawn > 1.0 or event.step == event.total:
                     figure, drawn = curves_figure(rows), time.perf_counter()

@@ -17,9 +17,11 @@ from . import config, evaluate, srp
 from . import direct_align as da
 from .events import StepMetrics
 from .lora import make_optimizer, make_trainable
+from .methods import branch_loss
 from .models import build
-from .schedule import dsigma_cells, sampling_sigmas, train_sigmas
-from .session import Session, training_prompts
+from .schedule import draw, dsigma_cells, floor_timestep, sampling_sigmas, train_sigmas
+from .data import training_prompts
+from .session import Session
 
 
 class Timer:
@@ -60,20 +62,22 @@ class Floor:
         pos, neg = srp.pick_words(cfg.pos_words, step), srp.pick_words(cfg.neg_words, step)
         cond = b.encode_prompts(prompts)
         t_pos, t_neg = r.text_features([srp.augment(p, w) for w in (pos, neg) for p in prompts]).to(b.device).split(n)
-        with t("rollout"), torch.no_grad():
-            x0 = da.euler_rollout(lambda x, s: b.velocity(x, s, cond, cfg.guidance),
-                                  torch.randn((n, *self.shape), generator=gen).to(b.device), self.rollout)
+        v = lambda x, s, g: b.velocity(x, floor_timestep(s) if cfg.floor_timestep else s, cond, g)  # noqa: E731
         eps = torch.randn((n, *self.shape), generator=gen).to(b.device)
-        i = rng.randrange(cfg.train_grid_len - 2 * self.cells)
-        s_hi, s_lo, s_b = (self.grid[j].expand(n) for j in (i, i + self.cells, i + 2 * self.cells))
-        for start, pair in ((s_hi, (t_pos, t_neg)), (s_b, (t_neg, t_pos))):
+        with t("rollout"), torch.no_grad():
+            x0 = da.euler_rollout(lambda x, s: v(x, s, cfg.rollout_guidance), eps, self.rollout)
+        d = draw(cfg.sigma_draw, n, cfg.train_grid_len, self.cells, gen)
+        branches = ((d.hi, d.lo, d.k_d, cfg.k_denoise, (t_pos, t_neg)), (d.b, d.lo_inv, d.k_i, cfg.k_inversion, (t_neg, t_pos)))
+        for start, end, k_index, k_bounds, pair in branches:
+            start, end = self.grid[start.to(b.device)], self.grid[end.to(b.device)]
             with t("branch_forward"):
                 x = da.inject(x0, eps, start)
-                x0_hat = da.recover(da.euler_step(x, b.velocity(x, start, cond, cfg.guidance), start, s_lo), eps, s_lo)
+                x0_hat = da.recover(da.euler_step(x, v(x, start, cfg.train_guidance), start, end), eps, end)
             with t("decode"):
                 image = b.decode(x0_hat)
             with t("reward"):
-                loss = -srp.cfg_like(r.image_features(image), *pair, 0.1, r.scale).mean() / 2
+                k = srp.k_at(k_bounds, k_index, cfg.train_grid_len).to(b.device)
+                loss = branch_loss(srp.cfg_like(r.image_features(image), *pair, k, r.scale), cfg, 2)
             with t("backward"):
                 loss.backward()
         with t("optimizer"):
@@ -128,7 +132,7 @@ def _interleaved(session: Session, floor: Floor, steps: int, warmup: int):
 
 
 def _sampling_and_inspector(cfg: config.RunConfig, batch: int = 8, repeats: int = 3) -> dict:
-    sample_cfg = cfg.replace(rollout_steps=20)
+    sample_cfg = cfg.replace(sample_steps=20)
     models = evaluate.load_models(sample_cfg)
     prompts = training_prompts(cfg)[:batch]
     evaluate.generate(models, sample_cfg, prompts, 0)  # warm-up

@@ -37,6 +37,10 @@ def _writable_file(path: str) -> Path:
     return out
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
@@ -55,7 +59,7 @@ def cmd_train(args) -> int:
                 bar = tqdm(total=cfg.steps, unit="step", file=sys.stderr)
         elif isinstance(event, StepMetrics) and bar is not None:
             bar.update(1)
-            bar.set_postfix(reward=f"{event.metrics['reward']:.4f}", loss=f"{event.metrics['loss']:.4f}")
+            bar.set_postfix(reward=_num(event.record.reward), loss=_num(event.record.loss))
         elif isinstance(event, Failed):
             print(f"error: {event.error}", file=sys.stderr)
             return 1
@@ -112,7 +116,7 @@ def cmd_score(args) -> int:
 
 def cmd_eval(args) -> int:
     from . import compare, evaluate
-    from .session import read_prompts_file, training_prompts
+    from .data import read_prompts_file, training_prompts
     cfg = _cfg(args)
     if args.seeds <= 0:
         raise ConfigError(f"--seeds must be greater than 0 (got {args.seeds}).")
@@ -132,7 +136,7 @@ def cmd_eval(args) -> int:
 
 def cmd_compare(args) -> int:
     from . import compare
-    from .session import read_prompts_file
+    from .data import read_prompts_file
     from .store import check_writable
     if args.seeds <= 0:
         raise ConfigError(f"--seeds must be greater than 0 (got {args.seeds}).")

@@ -42,7 +42,7 @@ def effect_size(row: dict, base: dict, stat: str) -> float:
 
 
 def run(presets: list[str], runs_root: str | Path, prompts: list[str] | None = None, seeds: int = 2,
-        overrides: list[str] = (), eval_overrides: list[str] = ("rollout_steps=20",), progress=print) -> dict:
+        overrides: list[str] = (), eval_overrides: list[str] = ("sample_steps=20",), progress=print) -> dict:
     """Tune each preset (with `overrides`, e.g. a shorter step budget), then evaluate base + tuned models with the
     first preset's config plus `eval_overrides` on `prompts` (default: the toy world's held-out prompts) x `seeds`."""
     eval_cfg = config.load(presets[0], list(eval_overrides))

@@ -5,6 +5,7 @@ The CLI (`--set key=value`), presets (partial YAML/JSON) and the app's form all 
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Literal
 
 import yaml
 
-from .schedule import dsigma_cells
+from .schedule import REFERENCE_MARGIN, dsigma_cells
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 DEFAULT_PRESET = "toy-srpo"  # the trained toy world in assets/toy: offline, CPU, seconds
@@ -27,12 +28,15 @@ Optimizer = Literal["adamw", "adamw8bit", "paged-adamw8bit"]
 LrSchedule = Literal["constant", "constant_with_warmup", "linear", "cosine"]
 Precision = Literal["auto", "no", "bf16"]
 Weighting = Literal["k-schedule", "lambda"]
+NoisePrior = Literal["rollout", "fresh"]
+SigmaDraw = Literal["reference", "uniform"]
+Loss = Literal["linear", "threshold"]
 Device = Literal["auto", "cpu", "cuda"]
 Finetune = Literal["lora", "full"]
 
 
 # Beyond these a value is a typo, not a plan: refuse it before it turns into an out-of-memory kill.
-UPPER_BOUNDS = {"resolution": 2048, "batch_size": 64, "rollout_steps": 1000, "lora_rank": 1024, "steps": 1_000_000,
+UPPER_BOUNDS = {"resolution": 2048, "batch_size": 64, "rollout_steps": 1000, "sample_steps": 1000, "lora_rank": 1024, "steps": 1_000_000,
                 "grad_accum": 1024, "train_grid_len": 100_000}
 
 
@@ -61,15 +65,33 @@ class RunConfig:
     reward_arch: str = _f("", "open_clip architecture of hpsv2.1/openclip rewards ('' = ViT-H-14), or a path to an "
                               "open_clip model-config JSON.", "model", True)
     reward_tokenizer: str = _f("", "Hub id or directory of the reward's tokenizer ('' = the reward model's own).", "model", True)
+    reward_scale: float = _f(1.0, "Multiplier on the reward's own scale (the reference divides PickScore's "
+                                  "exp(logit_scale) by 20 to match HPS: 0.05).", "model", True)
     max_sequence_length: int = _f(0, "T5 tokens per prompt (0 = the family default: FLUX.1 512, SD3 256).", "model", True)
     # method
     method: Method = _f("srpo", "Loss recipe: srpo, direct-align (plain reward), refl, draft.", "method")
     pos_words: list[str] = _f(["Detailed"], "Positive control words, one used per step (round robin).", "method")
     neg_words: list[str] = _f(["Smooth"], "Negative control words, one used per step (round robin).", "method")
-    weighting: Weighting = _f("k-schedule", "SRP weighting: reference k schedules, or the paper's lambda(t).", "method", True)
-    k_denoise: tuple[float, float] = _f((0.1, 0.25), "k_d from lowest to highest training sigma (denoise branch).", "method", True)
-    k_inversion: tuple[float, float] = _f((0.3, 0.01), "k_i from lowest to highest training sigma (inversion branch).", "method", True)
+    weighting: Weighting = _f("k-schedule", "SRP weighting: k-schedule (the reference's (1 + k) r(p+) - r(p-), k read "
+                                            "per branch from k_denoise / k_inversion), or lambda (this project's "
+                                            "option, not the reference's: r(p+) - r(p-) times sigma / sigma_max).",
+                              "method", True)
+    k_denoise: tuple[float, float] = _f((0.1, 0.25), "k_d from lowest to highest training sigma (denoise branch, read "
+                                                     "at its sigma_lo).", "method", True)
+    k_inversion: tuple[float, float] = _f((0.3, 0.01), "k_i from lowest to highest training sigma (inversion branch, "
+                                                       "read at its sigma_b).", "method", True)
     inversion: bool = _f(True, "SRPO only: add the inversion branch.", "method", True)
+    noise_prior: NoisePrior = _f("rollout", "Noise injected by Direct-Align: rollout (the noise the step's rollout started "
+                                            "from, the same on every process: the reference) or fresh (a new draw). "
+                                            "Offline mode (images_dir) has no rollout and always draws fresh noise.",
+                                 "method", True)
+    sigma_draw: SigmaDraw = _f("reference", "Noise-level draw: reference (one index in 5..grid-5 placing sigma_lo, the "
+                                            "step shortened near both ends of the grid) or uniform (sigma_hi uniform, "
+                                            "every step full width).", "method", True)
+    loss: Loss = _f("linear", "Per-branch loss: linear (-r) or threshold (relu(loss_threshold - r), the reference's "
+                              "ReFL-style form; linear in practice for HPS, whose scores stay far below 0.7).",
+                    "method", True)
+    loss_threshold: float = _f(0.7, "The threshold of loss=threshold.", "method", True)
     # training
     steps: int = _f(20, "Number of optimizer steps.", "training")
     seed: int = _f(0, "Seed for prompts, noise and sigma draws.", "training")
@@ -107,7 +129,18 @@ class RunConfig:
     resolution: int = _f(32, "Image side in pixels.", "sampling")
     rollout_steps: int = _f(10, "Euler steps of the no-grad rollouts that make clean samples.", "sampling")
     shift: float = _f(3.0, "Time shift of the sampling schedule.", "sampling", True)
-    guidance: float = _f(1.0, "Guidance scale of rollouts (embedded guidance or CFG, by backend).", "sampling", True)
+    rollout_guidance: float = _f(1.0, "Guidance of the no-grad training rollouts. On FLUX.1-dev it is the guidance "
+                                      "embedding's input; on models without one (toy, FLUX.1-schnell-like, SD3) it is "
+                                      "classifier-free guidance with the empty prompt, which doubles the batch above 1.",
+                                 "sampling", True)
+    train_guidance: float = _f(1.0, "Guidance of the training forwards (every transformer call with gradients: "
+                                    "Direct-Align's branches, ReFL's and DRaFT's graded steps); same meaning per "
+                                    "model as rollout_guidance. The reference feeds FLUX 3.5 here.", "sampling", True)
+    sample_guidance: float = _f(1.0, "Guidance of sampling for people: previews, eval, compare and the app; same "
+                                     "meaning per model as rollout_guidance.", "sampling", True)
+    sample_steps: int = _f(10, "Euler steps of previews, eval, compare and the app's images.", "sampling", True)
+    floor_timestep: bool = _f(False, "Feed the transformer floor(1000 sigma) / 1000 as its timestep, as the reference "
+                                     "does for FLUX (the Euler steps keep the exact sigma).", "sampling", True)
     train_sigma_range: tuple[float, float] = _f((0.75, 0.964), "(low, high) sigma range that training draws from.", "sampling", True)
     train_grid_len: int = _f(1000, "Cells of the training sigma grid.", "sampling", True)
     groundtruth_ratio: float = _f(0.9, "dsigma = (1 - ratio) * grid length cells of the training grid.", "sampling", True)
@@ -124,7 +157,7 @@ class RunConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, _hint(f.name), getattr(self, f.name)))
         positive = ["steps", "lr", "lora_rank", "lora_alpha", "batch_size", "grad_accum", "rollout_steps",
-                    "train_grid_len", "resolution", "late_steps", "shift"]
+                    "sample_steps", "train_grid_len", "resolution", "late_steps", "shift"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be greater than 0 (got {getattr(self, name)}).")
@@ -143,6 +176,9 @@ class RunConfig:
             raise ConfigError(f"train_sigma_range must be (low, high) with low < high (got {lo}, {hi}).")
         if not 0 <= self.groundtruth_ratio < 1:
             raise ConfigError(f"groundtruth_ratio must be in [0, 1) (got {self.groundtruth_ratio}).")
+        if self.sigma_draw == "reference" and self.train_grid_len < 2 * REFERENCE_MARGIN + 1:
+            raise ConfigError(f"sigma_draw reference needs train_grid_len of at least {2 * REFERENCE_MARGIN + 1} "
+                              f"(it draws in {REFERENCE_MARGIN}..grid-{REFERENCE_MARGIN}; got {self.train_grid_len}).")
         if 2 * dsigma_cells(self.train_grid_len, self.groundtruth_ratio) >= self.train_grid_len:
             raise ConfigError("groundtruth_ratio is too low for train_grid_len: two dsigma steps must fit inside the grid.")
         if self.lora_dropout >= 1:
@@ -209,10 +245,12 @@ def _coerce(name: str, hint, value):
     if hint in (int, float):
         try:
             number = hint(value) if not isinstance(value, bool) else None
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             number = None
         if number is None or (hint is int and isinstance(value, float) and not value.is_integer()):
             raise ConfigError(f"{name} must be {'an integer' if hint is int else 'a number'} (got {value!r}).")
+        if not math.isfinite(number):
+            raise ConfigError(f"{name} must be a finite number (got {value!r}).")
         return number
     return str(value)
 

@@ -81,8 +81,8 @@ def recover(models: Models, cfg: RunConfig, prompt: str, seed: int, sigmas: list
     """
     ctx, backend = _ctx(models, cfg), models.backend
     cond = backend.encode_prompts([require_prompt(prompt)])
-    x0 = methods.sample(ctx, cond, ctx.noise(1, torch.Generator().manual_seed(seed)))
-    eps = ctx.noise(1, torch.Generator().manual_seed(seed + 1))
+    eps = ctx.noise(1, torch.Generator().manual_seed(seed))
+    x0 = methods.rollout(ctx, cond, eps)  # as in training: the rollout's own noise is the one injected
     clean, ds = backend.decode(x0), cfg.dsigma
     rows = {"noisy": [], "one_step": [], "direct_align": []}
     out = {"sigmas": sigmas, "dsigma": ds, "direct_align_psnr": [], "one_step_psnr": [],
@@ -90,7 +90,7 @@ def recover(models: Models, cfg: RunConfig, prompt: str, seed: int, sigmas: list
     for s in sigmas:
         sigma = torch.tensor([s], device=x0.device)
         x = da.inject(x0, eps, sigma)
-        v = backend.velocity(x, sigma, cond, cfg.guidance)
+        v = ctx.velocity(x, sigma, cond, cfg.train_guidance)
         naive = da.one_step_x0(x, v, sigma)
         hat = da.recover(da.euler_step(x, v, sigma, sigma - ds), eps, sigma - ds)
         images = backend.decode(torch.cat([x, naive, hat]))

@@ -1,6 +1,7 @@
 """The typed events a tuning session yields; the app, the CLI and the tests all consume these."""
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 
@@ -12,10 +13,38 @@ class Started:
 
 
 @dataclass
+class StepRecord:
+    """One optimizer step, as the CLI and app show it and metrics.jsonl stores it (one JSON object a line)."""
+    step: int
+    reward: float | None      # mean plain reward r(x0_hat, p) over the step's images and branches
+    srp: float | None         # mean r(p+) - r(p-); None without control words
+    sigma: float              # mean noise level the branches started from
+    loss: float | None        # None when it was not finite
+    grad_norm: float
+    lr: float
+    seconds: float
+    pos_word: str = ""        # the control words this step used
+    neg_word: str = ""
+    replica_spread: float | None = None  # multi-process DDP only: 0 when every replica holds the same weights
+
+    def to_dict(self) -> dict:
+        """Standard JSON values: non-finite numbers become None; replica_spread only where it was measured."""
+        row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        if row["replica_spread"] is None:
+            del row["replica_spread"]
+        return row
+
+    @classmethod
+    def from_dict(cls, row: dict) -> "StepRecord":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in names})
+
+
+@dataclass
 class StepMetrics:
     step: int
     total: int
-    metrics: dict
+    record: StepRecord
 
 
 @dataclass

@@ -84,7 +84,7 @@ def activation_bytes(backend, cfg: RunConfig, cond, dtype: torch.dtype) -> dict[
     vae.requires_grad_(False)
     c, h, w = backend.latent_shape(cfg.resolution)
     # only shapes matter; a CFG backend runs uncond + cond as one batch
-    b = cfg.batch_size * (2 if backend.uses_cfg and cfg.guidance > 1 else 1)
+    b = cfg.batch_size * (2 if backend.uses_cfg and cfg.train_guidance > 1 else 1)
     with torch.device("meta"):
         x, sigma = torch.zeros(b, c, h, w, dtype=dtype), torch.zeros(b, dtype=dtype)
         meta_cond = Cond(torch.zeros((b, *cond.embeds.shape[1:]), dtype=dtype),
@@ -99,7 +99,7 @@ def activation_bytes(backend, cfg: RunConfig, cond, dtype: torch.dtype) -> dict[
 
         def run_transformer():
             nonlocal v
-            v = backend.velocity(x, sigma, meta_cond, 1.0 if backend.uses_cfg else cfg.guidance)
+            v = backend.velocity(x, sigma, meta_cond, 1.0 if backend.uses_cfg else cfg.train_guidance)
         out["transformer"] = saved_bytes(run_transformer)
         backend.vae = vae
         out["vae_decode"] = saved_bytes(lambda: backend.decode(v[:cfg.batch_size]))
@@ -132,7 +132,7 @@ def estimate(backend, reward, cfg: RunConfig, cond, trainable: int, dtype: torch
         "transformer_weights": weight_bytes(backend.transformer, width, cfg.quantization) / shards,
         "text_encoders": sum(weight_bytes(e, width) for e in encoders),
         "vae": weight_bytes(backend.vae, width),
-        "reward_model": weight_bytes(model, width),
+        "reward_model": weight_bytes(model, 4),  # fp32 weights under autocast, as the reference keeps them
         "gradients" if full else "lora_and_grads": trainable * trained_bytes / shards,
         "optimizer_states": trainable * float(state_bytes) / shards,
         **activation_bytes(backend, cfg, cond, dtype),

@@ -14,7 +14,7 @@ from . import srp
 from .backends import Backend, Cond
 from .config import RunConfig
 from .rewards import Reward
-from .schedule import dsigma_cells, sampling_sigmas, train_sigmas
+from .schedule import draw, dsigma_cells, floor_timestep, sampling_sigmas, train_sigmas
 
 
 @dataclass
@@ -33,10 +33,15 @@ class Context:
         dev = self.backend.device
         self.grid = train_sigmas(lo, hi, self.cfg.train_grid_len).to(dev)
         self.cells = dsigma_cells(self.cfg.train_grid_len, self.cfg.groundtruth_ratio)
-        self.sample_grid = sampling_sigmas(self.cfg.rollout_steps, self.cfg.shift).to(dev)
+        self.rollout_grid = sampling_sigmas(self.cfg.rollout_steps, self.cfg.shift).to(dev)
+        self.sample_grid = sampling_sigmas(self.cfg.sample_steps, self.cfg.shift).to(dev)
 
-    def velocity_fn(self, cond: Cond):
-        return lambda x, s: self.backend.velocity(x, s, cond, self.cfg.guidance)
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance: float) -> torch.Tensor:
+        """The backend's velocity, fed the reference's floored timestep when the config asks for it."""
+        return self.backend.velocity(x, floor_timestep(sigma) if self.cfg.floor_timestep else sigma, cond, guidance)
+
+    def velocity_fn(self, cond: Cond, guidance: float):
+        return lambda x, s: self.velocity(x, s, cond, guidance)
 
     def noise(self, n: int, gen: torch.Generator) -> torch.Tensor:
         shape = (n, *self.backend.latent_shape(self.cfg.resolution))
@@ -48,7 +53,8 @@ class MicroBatch:
     prompts: list[str]
     pos_word: str
     neg_word: str
-    gen: torch.Generator  # CPU generator: the same draws on every device
+    gen: torch.Generator        # CPU generator of this process: sigma draws, offline picks and fresh noise
+    noise_gen: torch.Generator  # CPU generator seeded alike on every process: the rollout's starting noise
 
 
 @dataclass
@@ -56,23 +62,35 @@ class Branch:
     loss: torch.Tensor     # scalar, already divided by the number of branches
     reward: torch.Tensor   # (B,) plain reward r(x0_hat, p), detached
     srp: torch.Tensor      # (B,) r(x0_hat, p+) - r(x0_hat, p-), detached (nan without control words)
-    sigma: torch.Tensor    # (B,) noise level the gradient came from
+    sigma: torch.Tensor    # (B,) noise level the branch's step started from
+
+
+def _integrate(ctx: Context, cond: Cond, noise: torch.Tensor, grid: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Euler integration from pure noise to clean latents, under inference mode (no autograd bookkeeping at all;
+    no_grad in sharded sessions, see Context.inference_mode): the result is only ever a constant input."""
+    with torch.inference_mode() if ctx.inference_mode else torch.no_grad():
+        return da.euler_rollout(ctx.velocity_fn(cond, guidance), noise, grid)
+
+
+def rollout(ctx: Context, cond: Cond, noise: torch.Tensor) -> torch.Tensor:
+    """A training rollout of the current model: rollout_steps at rollout_guidance."""
+    return _integrate(ctx, cond, noise, ctx.rollout_grid, ctx.cfg.rollout_guidance)
 
 
 def sample(ctx: Context, cond: Cond, noise: torch.Tensor) -> torch.Tensor:
-    """Euler rollout of the current model from pure noise to clean latents, under inference mode (no autograd
-    bookkeeping at all; no_grad in sharded sessions, see Context.inference_mode); the result is only ever a
-    constant input to the losses."""
-    with torch.inference_mode() if ctx.inference_mode else torch.no_grad():
-        return da.euler_rollout(ctx.velocity_fn(cond), noise, ctx.sample_grid)
+    """Images for people (previews, eval, the app): sample_steps at sample_guidance."""
+    return _integrate(ctx, cond, noise, ctx.sample_grid, ctx.cfg.sample_guidance)
 
 
-def clean_latents(ctx: Context, mb: MicroBatch, cond: Cond) -> torch.Tensor:
-    """x0 for Direct-Align: a rollout of the model being tuned, or real images (offline mode)."""
+def clean_and_noise(ctx: Context, mb: MicroBatch, cond: Cond) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, eps) for Direct-Align. Online: a rollout of the model being tuned and, with noise_prior=rollout, the
+    very noise it started from (the reference's noise prior). Offline: real images and fresh noise."""
     if ctx.clean_bank is not None:
         idx = torch.randint(len(ctx.clean_bank), (len(mb.prompts),), generator=mb.gen)
-        return ctx.clean_bank[idx.to(ctx.clean_bank.device)]
-    return sample(ctx, cond, ctx.noise(len(mb.prompts), mb.gen))
+        return ctx.clean_bank[idx.to(ctx.clean_bank.device)], ctx.noise(len(mb.prompts), mb.gen)
+    start = ctx.noise(len(mb.prompts), mb.noise_gen)
+    x0 = rollout(ctx, cond, start)
+    return x0, start if ctx.cfg.noise_prior == "rollout" else ctx.noise(len(mb.prompts), mb.gen)
 
 
 def _score(ctx: Context, mb: MicroBatch, latents: torch.Tensor):
@@ -85,42 +103,49 @@ def _score(ctx: Context, mb: MicroBatch, latents: torch.Tensor):
     return f, t[0], (t[1], t[2]) if words else None
 
 
+def branch_loss(objective: torch.Tensor, cfg: RunConfig, n_branches: int) -> torch.Tensor:
+    """Scalar loss of a branch's objective (B,): -r, or the reference's relu(threshold - r); / n_branches."""
+    per_image = torch.relu(cfg.loss_threshold - objective) if cfg.loss == "threshold" else -objective
+    return per_image.mean() / n_branches
+
+
 def _branch(ctx, f, t, pair, objective, sigma, n_branches) -> Branch:
     scale = ctx.reward.scale
     with torch.no_grad():
         reward = srp.plain(f, t, scale)
         rel = srp.relative(f, *pair, scale) if pair else torch.full_like(reward, float("nan"))
-    return Branch(-objective.mean() / n_branches, reward, rel, sigma)
+    return Branch(branch_loss(objective, ctx.cfg, n_branches), reward, rel, sigma)
 
 
-def _srp_objective(ctx: Context, f, pair, index, sigma, k_bounds, swap: bool) -> torch.Tensor:
+def _srp_objective(ctx: Context, f, pair, k_index, sigma, k_bounds, swap: bool) -> torch.Tensor:
     pos, neg = pair[::-1] if swap else pair
     if ctx.cfg.weighting == "lambda":
         return srp.lambda_weight(sigma, ctx.cfg.train_sigma_range[1]) * srp.relative(f, pos, neg, ctx.reward.scale)
-    k = srp.k_schedule(k_bounds, index, ctx.cfg.train_grid_len).to(f.device)
+    k = srp.k_at(k_bounds, k_index, ctx.cfg.train_grid_len).to(f.device)
     return srp.cfg_like(f, pos, neg, k, ctx.reward.scale)
+
+
+def _recovered(ctx: Context, x0, eps, cond, s_from, s_to) -> torch.Tensor:
+    """Direct-Align: inject eps at s_from, one graded model step to s_to (down or up), recover x0 at s_to."""
+    x = da.inject(x0, eps, s_from)
+    return da.recover(da.euler_step(x, ctx.velocity(x, s_from, cond, ctx.cfg.train_guidance), s_from, s_to), eps, s_to)
 
 
 def direct_align_branches(ctx: Context, mb: MicroBatch, relative: bool):
     """Denoise branch (down sigma_hi -> sigma_lo) and, for SRPO, the inversion branch (up sigma_b -> sigma_lo)."""
     cond = ctx.backend.encode_prompts(mb.prompts)
-    x0 = clean_latents(ctx, mb, cond)
-    eps = ctx.noise(len(mb.prompts), mb.gen)
-    i = torch.randint(0, ctx.cfg.train_grid_len - 2 * ctx.cells, (len(mb.prompts),), generator=mb.gen).to(ctx.grid.device)
-    s_hi, s_lo, s_b = ctx.grid[i], ctx.grid[i + ctx.cells], ctx.grid[i + 2 * ctx.cells]
+    x0, eps = clean_and_noise(ctx, mb, cond)
+    d = draw(ctx.cfg.sigma_draw, len(mb.prompts), ctx.cfg.train_grid_len, ctx.cells, mb.gen)
+    s_hi, s_lo, s_b, s_lo_inv = (ctx.grid[i.to(ctx.grid.device)] for i in (d.hi, d.lo, d.b, d.lo_inv))
     inversion = relative and ctx.cfg.inversion
     n = 2 if inversion else 1
 
-    x = da.inject(x0, eps, s_hi)
-    x0_hat = da.recover(da.euler_step(x, ctx.backend.velocity(x, s_hi, cond, ctx.cfg.guidance), s_hi, s_lo), eps, s_lo)
-    f, t, pair = _score(ctx, mb, x0_hat)
-    objective = _srp_objective(ctx, f, pair, i, s_hi, ctx.cfg.k_denoise, False) if relative else srp.plain(f, t, ctx.reward.scale)
+    f, t, pair = _score(ctx, mb, _recovered(ctx, x0, eps, cond, s_hi, s_lo))
+    objective = _srp_objective(ctx, f, pair, d.k_d, s_hi, ctx.cfg.k_denoise, False) if relative else srp.plain(f, t, ctx.reward.scale)
     yield _branch(ctx, f, t, pair, objective, s_hi, n)
     if inversion:
-        x = da.inject(x0, eps, s_b)
-        x0_hat = da.recover(da.euler_step(x, ctx.backend.velocity(x, s_b, cond, ctx.cfg.guidance), s_b, s_lo), eps, s_lo)
-        f, t, pair = _score(ctx, mb, x0_hat)
-        yield _branch(ctx, f, t, pair, _srp_objective(ctx, f, pair, i, s_hi, ctx.cfg.k_inversion, True), s_hi, n)
+        f, t, pair = _score(ctx, mb, _recovered(ctx, x0, eps, cond, s_b, s_lo_inv))
+        yield _branch(ctx, f, t, pair, _srp_objective(ctx, f, pair, d.k_i, s_b, ctx.cfg.k_inversion, True), s_b, n)
 
 
 def srpo(ctx: Context, mb: MicroBatch):
@@ -139,9 +164,10 @@ def refl(ctx: Context, mb: MicroBatch):
     n = ctx.cfg.rollout_steps
     j = int(torch.randint(max(0, n - ctx.cfg.late_steps), n, (1,), generator=mb.gen))
     with torch.no_grad():
-        x = da.euler_rollout(ctx.velocity_fn(cond), ctx.noise(len(mb.prompts), mb.gen), ctx.sample_grid, 0, j)
-    s = ctx.sample_grid[j].expand(len(mb.prompts))
-    x0 = da.one_step_x0(x, ctx.backend.velocity(x, s, cond, ctx.cfg.guidance), s)
+        x = da.euler_rollout(ctx.velocity_fn(cond, ctx.cfg.rollout_guidance), ctx.noise(len(mb.prompts), mb.gen),
+                             ctx.rollout_grid, 0, j)
+    s = ctx.rollout_grid[j].expand(len(mb.prompts))
+    x0 = da.one_step_x0(x, ctx.velocity(x, s, cond, ctx.cfg.train_guidance), s)
     f, t, pair = _score(ctx, mb, x0)
     yield _branch(ctx, f, t, pair, srp.plain(f, t, ctx.reward.scale), s, 1)
 
@@ -151,10 +177,11 @@ def draft(ctx: Context, mb: MicroBatch):
     cond = ctx.backend.encode_prompts(mb.prompts)
     n, k = ctx.cfg.rollout_steps, ctx.cfg.late_steps
     with torch.no_grad():
-        x = da.euler_rollout(ctx.velocity_fn(cond), ctx.noise(len(mb.prompts), mb.gen), ctx.sample_grid, 0, n - k)
-    x = da.euler_rollout(ctx.velocity_fn(cond), x, ctx.sample_grid, n - k, n)
+        x = da.euler_rollout(ctx.velocity_fn(cond, ctx.cfg.rollout_guidance), ctx.noise(len(mb.prompts), mb.gen),
+                             ctx.rollout_grid, 0, n - k)
+    x = da.euler_rollout(ctx.velocity_fn(cond, ctx.cfg.train_guidance), x, ctx.rollout_grid, n - k, n)
     f, t, pair = _score(ctx, mb, x)
-    yield _branch(ctx, f, t, pair, srp.plain(f, t, ctx.reward.scale), ctx.sample_grid[n - k].expand(len(mb.prompts)), 1)
+    yield _branch(ctx, f, t, pair, srp.plain(f, t, ctx.reward.scale), ctx.rollout_grid[n - k].expand(len(mb.prompts)), 1)
 
 
 RECIPES = {"srpo": srpo, "direct-align": direct_align, "refl": refl, "draft": draft}

@@ -160,7 +160,15 @@ def load_backend(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Ba
     return cls.from_pretrained(path, device, dtype, transformer, cfg.max_sequence_length, cfg.vae_decode)
 
 
-def load_reward(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Reward:
+def load_reward(cfg: RunConfig, device: torch.device) -> Reward:
+    """The reward model with fp32 weights whatever weights_dtype says, as the reference keeps it (bf16 autocast still
+    runs its matmuls in bf16), its scale multiplied by reward_scale."""
+    reward = _reward(cfg, device, torch.float32)
+    reward.scale *= cfg.reward_scale
+    return reward
+
+
+def _reward(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Reward:
     if cfg.reward == "toy-hps":  # an HPS-style reward: the plain cosine of normalized features
         return assets.load("reward", lambda path: ClipReward.from_pretrained(path, use_logit_scale=False, device=device))
     if cfg.reward == "tiny-clip":
@@ -188,7 +196,7 @@ def build(cfg: RunConfig) -> Models:
     if cfg.backend == "toy":
         from .toy.judge import load_judge
         judge = load_judge()
-    return Models(backend, load_reward(cfg, device, dtype), judge)
+    return Models(backend, load_reward(cfg, device), judge)
 
 
 def write_fixtures(out: str | Path) -> dict[str, Path]:
@@ -234,7 +242,8 @@ def write_fixture_presets(out: Path, paths: dict[str, Path]) -> dict[str, Path]:
         for reward, extra in rewards.items():
             preset = {"backend": backend, "model": str(paths[backend]), "reward": reward, **extra, "method": "srpo",
                       "steps": 2, "rollout_steps": 2, "resolution": 32, "max_sequence_length": 16,
-                      "guidance": 3.5 if backend == "flux" else 2.0, "pos_words": ["Detailed"],
+                      **{f"{use}_guidance": 3.5 if backend == "flux" else 2.0 for use in ("rollout", "train", "sample")},
+                      "sample_steps": 2, "pos_words": ["Detailed"],
                       "neg_words": ["Smooth"], "preview_every": 0, "prompts": ["a red circle on sky"]}
             path = out / "presets" / f"{backend}-{reward}.yaml"
             path.write_text(f"# Tiny fixture preset: {backend} generator, {reward} reward (srpo_core fixtures).\n"

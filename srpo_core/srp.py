@@ -31,24 +31,22 @@ def cfg_like(f: torch.Tensor, t_pos: torch.Tensor, t_neg: torch.Tensor, k, scale
     return scale * (f * ((1 + k) * t_pos - t_neg)).sum(-1)
 
 
-def k_schedule(bounds: tuple[float, float], index: torch.Tensor, grid_len: int) -> torch.Tensor:
-    """Reference k at training-grid indices: linspace(bounds[0], bounds[1], grid_len)[index].
-
-    The reference indexes its k tables from the lowest sigma, so position = grid_len - 1 - index
-    on our grid (index 0 = highest sigma). k_d = (0.1, 0.25), k_i = (0.3, 0.01).
-    """
-    table = torch.linspace(bounds[0], bounds[1], grid_len)
-    return table[grid_len - 1 - index.cpu()]
+def k_at(bounds: tuple[float, float], index: torch.Tensor, grid_len: int) -> torch.Tensor:
+    """The reference's k table linspace(bounds[0], bounds[1], grid_len) read at `index`, which counts from
+    the LOWEST training sigma (see schedule.Draw). k_d = (0.1, 0.25), k_i = (0.3, 0.01) for HPSv2.1."""
+    return torch.linspace(bounds[0], bounds[1], grid_len)[index.cpu()]
 
 
 def lambda_weight(sigma: torch.Tensor, sigma_max: float) -> torch.Tensor:
-    """The paper's decaying discount lambda(t) = sigma / sigma_max, in (0, 1].
+    """This project's option, not the reference's: a decaying discount lambda(t) = sigma / sigma_max in (0, 1].
 
-    It shrinks the reward's weight toward late (low-noise) timesteps, where reward hacking starts.
+    The paper's text mentions a decaying discount; the reference code has only the k schedules. This form
+    shrinks the reward's weight toward late (low-noise) timesteps, where reward hacking starts.
     """
     return sigma / sigma_max
 
 
 def pick_words(words: list[str], step: int) -> str:
-    """Round-robin choice of one control word per step (the reference's scheme); '' if none."""
+    """Round-robin choice of one control word per optimizer step counted from 1, as the reference indexes
+    its lists (step 1 takes words[1]); '' if none."""
     return words[step % len(words)] if words else ""

@@ -6,6 +6,7 @@ line by line; JSON, weights and images go to a temp file that is renamed into pl
 
 import json
 import os
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from .config import ConfigError, RunConfig, from_dict
+from .events import StepRecord
 
 CONFIG, METRICS, STATUS, CARD = "config.json", "metrics.jsonl", "status.json", "README.md"
 
@@ -97,19 +99,19 @@ class RunStore:
     def config(self) -> RunConfig:
         return from_dict(json.loads((self.dir / CONFIG).read_text(encoding="utf-8")))
 
-    def append_metrics(self, row: dict) -> None:
+    def append_metrics(self, record: StepRecord) -> None:
         with open(self.dir / METRICS, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(record.to_dict(), allow_nan=False) + "\n")
             f.flush()
 
-    def metrics(self) -> list[dict]:
+    def metrics(self) -> list[StepRecord]:
         path = self.dir / METRICS
         lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
         rows = []
         for line in lines:
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill mid-write: everything before it is good
+                rows.append(StepRecord.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, TypeError):  # a line cut by a kill mid-write: everything before it is good
                 break
         return rows
 
@@ -137,6 +139,20 @@ class RunStore:
 
     def weights_path(self, cfg: RunConfig) -> Path:
         return self.full_dir if cfg.finetune == "full" else self.lora_path
+
+    def save_weights(self, backend, cfg: RunConfig, state: dict) -> Path:
+        """Write the tuned weights (LoRA file or transformer/ folder) in a scratch folder, then rename them into
+        place, so they are never half-written."""
+        target = self.weights_path(cfg)
+        with tempfile.TemporaryDirectory(dir=self.dir, prefix=".weights-") as scratch:
+            if cfg.finetune == "lora":
+                os.replace(backend.save_lora(Path(scratch), state), target)
+            else:
+                written = backend.save_full(Path(scratch) / "new", state)
+                if target.exists():  # a folder cannot be replaced in one rename: the old one leaves with the scratch
+                    os.replace(target, Path(scratch) / "old")
+                os.replace(written, target)
+        return target
 
     def write_card(self, cfg: RunConfig, preset: str, summary: dict) -> None:
         rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items())

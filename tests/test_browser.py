@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from srpo_core import config, evaluate
-from srpo_core.session import training_prompts
+from srpo_core.data import training_prompts
 from srpo_core.store import from_pil, to_pil
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -55,10 +55,11 @@ def test_run_directory_is_complete(finished):
     cfg, session, events, _ = finished
     store = RunStore(events[-1].run_dir)
     rows = store.metrics()
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r.step for r in rows] == [1, 2, 3]
     for row in rows:
         for key in ("reward", "srp", "loss", "grad_norm", "sigma", "lr", "seconds"):
-            assert math.isfinite(row[key]), (key, row)
+            assert math.isfinite(getattr(row, key)), (key, row)
+        assert (row.pos_word, row.neg_word) == ("Bright" if row.step % 2 else "Detailed", "Dark" if row.step % 2 else "Smooth")
     assert store.config() == cfg
     assert store.status()["state"] == "finished" and store.status()["step"] == 3
     assert (store.dir / "previews" / "step_00002.png").is_file()
@@ -93,9 +94,10 @@ def test_reload_reproduces_the_tuned_model(finished):
 
 def test_same_seed_same_trajectory(tmp_path):
     runs = [Session(tiny(steps=2, preview_every=0), tmp_path) for _ in range(2)]
-    rows = [[{k: v for k, v in e.metrics.items() if k != "seconds"} for e in s if isinstance(e, StepMetrics)] for s in runs]
+    rows = [[{k: v for k, v in e.record.to_dict().items() if k != "seconds"} for e in s if isinstance(e, StepMetrics)]
+            for s in runs]
     assert rows[0] == rows[1]
-    other = [e.metrics["reward"] for e in Session(tiny(steps=2, preview_every=0, seed=5), tmp_path) if isinstance(e, StepMetrics)]
+    other = [e.record.reward for e in Session(tiny(steps=2, preview_every=0, seed=5), tmp_path) if isinstance(e, StepMetrics)]
     assert other != [r["reward"] for r in rows[0]]
 
 
@@ -237,7 +239,7 @@ def test_metrics_survive_a_cut_line(tmp_path):
     run_dir = list(session)[-1].run_dir
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "rew')  # what a kill mid-write leaves
-    assert [r["step"] for r in RunStore(run_dir).metrics()] == [1, 2]
+    assert [r.step for r in RunStore(run_dir).metrics()] == [1, 2]
     assert json.loads((run_dir / "config.json").read_text())["steps"] == 2
 
 
@@ -253,7 +255,7 @@ def test_compiled_transformer_trains_like_the_eager_one(tmp_path):
     def rewards(**extra):
         events = list(Session(tiny(steps=2, preview_every=0, method="direct-align", **extra), tmp_path))
         assert isinstance(events[-1], Finished), events[-1]
-        return [e.metrics["reward"] for e in events if isinstance(e, StepMetrics)]
+        return [e.record.reward for e in events if isinstance(e, StepMetrics)]
     assert rewards(compile_transformer=True) == pytest.approx(rewards(), abs=1e-4)
 
 

@@ -95,12 +95,12 @@ def test_srp_combinations_match_their_formulas():
     assert torch.allclose(srp.relative(f, tpos + bias, tneg + bias), srp.relative(f, tpos, tneg), atol=1e-6)
 
 
-def test_k_schedules_and_lambda():
-    idx = torch.tensor([0, 999])  # highest and lowest sigma of a 1000-cell grid
-    kd = srp.k_schedule((0.1, 0.25), idx, 1000)
-    ki = srp.k_schedule((0.3, 0.01), idx, 1000)
-    assert kd.tolist() == pytest.approx([0.25, 0.1])
-    assert ki.tolist() == pytest.approx([0.01, 0.3])
+def test_k_tables_count_from_the_lowest_sigma_and_lambda():
+    idx = torch.tensor([0, 999])  # lowest and highest sigma of a 1000-cell grid, as the reference's tables count
+    kd = srp.k_at((0.1, 0.25), idx, 1000)
+    ki = srp.k_at((0.3, 0.01), idx, 1000)
+    assert kd.tolist() == pytest.approx([0.1, 0.25])
+    assert ki.tolist() == pytest.approx([0.3, 0.01])
     lam = srp.lambda_weight(torch.tensor([0.964, 0.75]), 0.964)
     assert lam.tolist() == pytest.approx([1.0, 0.75 / 0.964])
 
@@ -108,7 +108,7 @@ def test_k_schedules_and_lambda():
 def test_prompt_augmentation_and_round_robin():
     assert srp.augment("a red circle", "Detailed") == "Detailed. a red circle"
     assert srp.augment("a red circle", "") == "a red circle"
-    assert [srp.pick_words(["a", "b"], s) for s in range(4)] == ["a", "b", "a", "b"]
+    assert [srp.pick_words(["a", "b", "c"], s) for s in range(1, 5)] == ["b", "c", "a", "b"]  # steps count from 1
     assert srp.pick_words([], 3) == ""
 
 
@@ -130,6 +130,11 @@ def test_prompt_augmentation_and_round_robin():
     ({"resolution": "100000"}, "resolution must be at most 2048"),
     ({"resolution": "40"}, "resolution must be a multiple of 16"),
     ({"batch_size": "1000"}, "batch_size must be at most 64"),
+    ({"lr": "nan"}, "lr must be a finite number"),
+    ({"shift": "inf"}, "shift must be a finite number"),
+    ({"lora_alpha": "1e400"}, "lora_alpha must be a finite number"),
+    ({"sigma_draw": "random"}, "sigma_draw must be one of reference, uniform"),
+    ({"sigma_draw": "reference", "train_grid_len": "10"}, "sigma_draw reference needs train_grid_len of at least 11"),
 ])
 def test_config_refuses_bad_values_with_a_sentence(overrides, needle):
     with pytest.raises(ConfigError, match=None) as err:

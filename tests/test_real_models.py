@@ -70,12 +70,12 @@ def test_lora_round_trips_through_the_diffusers_pipeline(fx, family, pipeline_cl
     x = torch.randn(1, *backend.latent_shape(cfg.resolution))
     sigma, cond = torch.tensor([0.7]), backend.encode_prompts([PROMPT])
     with torch.no_grad():
-        tuned = backend.velocity(x, sigma, cond, cfg.guidance)
+        tuned = backend.velocity(x, sigma, cond, cfg.train_guidance)
         pipe = pipeline_cls.from_pretrained(fx[family])
         backend.denoiser = pipe.transformer
-        base = backend.velocity(x, sigma, cond, cfg.guidance)
+        base = backend.velocity(x, sigma, cond, cfg.train_guidance)
         pipe.load_lora_weights(str(tmp_path), weight_name=path.name)
-        loaded = backend.velocity(x, sigma, cond, cfg.guidance)
+        loaded = backend.velocity(x, sigma, cond, cfg.train_guidance)
     assert (base - tuned).abs().max() > 1e-3
     torch.testing.assert_close(loaded, tuned, rtol=1e-4, atol=1e-5)
 
@@ -92,13 +92,13 @@ def test_full_finetune_folder_loads_into_the_diffusers_pipeline(fx, family, pipe
     folder = backend.save_full(tmp_path / "transformer", tuned_state_dict(backend.transformer, cfg))
     x, sigma, cond = torch.randn(1, *backend.latent_shape(cfg.resolution)), torch.tensor([0.7]), backend.encode_prompts([PROMPT])
     with torch.no_grad():
-        tuned = backend.velocity(x, sigma, cond, cfg.guidance)
+        tuned = backend.velocity(x, sigma, cond, cfg.train_guidance)
         base = pipeline_cls.from_pretrained(fx[family])
         transformer = type(base.transformer).from_pretrained(folder)
         backend.denoiser = pipeline_cls.from_pretrained(fx[family], transformer=transformer).transformer
-        loaded = backend.velocity(x, sigma, cond, cfg.guidance)
+        loaded = backend.velocity(x, sigma, cond, cfg.train_guidance)
         backend.denoiser = base.transformer
-        untouched = backend.velocity(x, sigma, cond, cfg.guidance)
+        untouched = backend.velocity(x, sigma, cond, cfg.train_guidance)
     assert (untouched - tuned).abs().max() > 1e-3
     torch.testing.assert_close(loaded, tuned, rtol=1e-4, atol=1e-5)
 
@@ -199,7 +199,7 @@ def test_activation_estimate_matches_what_autograd_saves_on_cpu(fx, name):
     estimated = memory.activation_bytes(backend, cfg, cond, torch.float32)
     x = torch.randn(1, *backend.latent_shape(cfg.resolution))
     v = []
-    measured = memory.saved_bytes(lambda: v.append(backend.velocity(x, torch.tensor([0.9]), cond, cfg.guidance)))
+    measured = memory.saved_bytes(lambda: v.append(backend.velocity(x, torch.tensor([0.9]), cond, cfg.train_guidance)))
     assert estimated["transformer"] == measured
     assert estimated["vae_decode"] == memory.saved_bytes(lambda: backend.decode(v[0]))
 

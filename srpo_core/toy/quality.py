@@ -81,18 +81,18 @@ def recover_gap(cfg: config.RunConfig, models, prompt: str = "a red circle on gr
 
 
 def measure(seeds: int = 4, n: int = 256, preset: str = "toy-srpo") -> dict:
-    cfg = config.load(preset, ["rollout_steps=20"])
+    cfg = config.load(preset, ["rollout_steps=20", "sample_steps=20"])
     models = evaluate.load_models(cfg)
     backend = models.backend
     out = {"vae_psnr_db": vae_psnr(backend, n)}
     out.update(gen.judge_samples(backend.transformer, backend.text_encoder, backend.tokenizer, backend.vae, models.judge,
-                                 seeds, cfg.guidance, steps=20, seed=HELD_OUT))
-    out.update(style_word_agreement(backend, cfg.guidance, default_prompts(), seeds=max(1, seeds // 2)))
+                                 seeds, cfg.sample_guidance, steps=20, seed=HELD_OUT))
+    out.update(style_word_agreement(backend, cfg.sample_guidance, default_prompts(), seeds=max(1, seeds // 2)))
     out.update(reward_metrics(models.reward.model, models.reward.tokenizer, HELD_OUT, n))
-    out["generated_bias_rate"] = generated_bias_rate(backend, models.reward, cfg.guidance, default_prompts())
+    out["generated_bias_rate"] = generated_bias_rate(backend, models.reward, cfg.sample_guidance, default_prompts())
     out["recover_gap_db_at_0.9"] = recover_gap(cfg, models)
     out["passed"] = {k: out[k] >= bar for k, bar in BARS.items()}
-    out["settings"] = {"preset": preset, "guidance": cfg.guidance, "sample_steps": 20, "seeds": seeds, "n": n,
+    out["settings"] = {"preset": preset, "guidance": cfg.sample_guidance, "sample_steps": 20, "seeds": seeds, "n": n,
                        "generated_images_per_bar": seeds * len(default_prompts())}
     return out
 
