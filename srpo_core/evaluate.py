@@ -58,8 +58,11 @@ def generate(models: Models, cfg: RunConfig, prompts: list[str], seed: int) -> t
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
-    return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+    """PSNR in dB of images in [0, 1]: per image over (C, H, W), averaged over a leading batch dimension if any
+    (capped at 100 dB for identical images)."""
+    a, b = (a[None], b[None]) if a.dim() == 3 else (a, b)
+    mse = (a - b).pow(2).flatten(1).mean(1).clamp(min=1e-10)
+    return float((10 * torch.log10(1 / mse)).mean())
 
 
 def parse_sigmas(text: str) -> list[float]:
@@ -130,7 +133,7 @@ def score(models: Models, images: torch.Tensor, prompt: str, pos: str, neg: str)
 
 def evaluate(models: Models, cfg: RunConfig, prompts: list[str], seeds: int) -> dict:
     """Mean plain and SRP reward over prompts x seeds (image i of every prompt from noise seed cfg.seed + i);
-    on the toy world also the judge's verdict (DESIGN.md's `judge` fields) and the prompt words it could not parse."""
+    on the toy world also the judge's verdict (`judge`: shape_acc, color_acc, background_acc, brightness, saturation, detail) and the prompt words it could not parse."""
     rewards, srps, images = [], [], []
     pos, neg = srp.pick_words(cfg.pos_words, 0), srp.pick_words(cfg.neg_words, 0)
     for prompt in prompts:
@@ -146,7 +149,7 @@ def evaluate(models: Models, cfg: RunConfig, prompts: list[str], seeds: int) -> 
 
 
 def judge_images(models: Models, images: torch.Tensor, prompts: list[str]) -> dict:
-    """The toy world's judge on images from `prompts`: {"judge": DESIGN.md's fields, "unparsed": {prompt: words}}."""
+    """The toy world's judge on images from `prompts`: {"judge": `eval`'s judge fields, "unparsed": {prompt: words}}."""
     from .toy import judge
     per_image, unparsed = judge.judge_prompts(models.judge, images.to("cpu"), prompts)
     return {"judge": judge.summary(per_image), "unparsed": unparsed}

@@ -14,14 +14,15 @@ import torch
 from .backends import Backend, FluxBackend, SD3Backend
 from .config import ConfigError, RunConfig
 from .rewards import ClipReward, OpenClipReward, Reward
-from .rewards.openclip import architecture as open_clip_architecture
-from .toy import assets, tiny
+from .rewards.openclip import HPS_FILE
+from . import fixtures
+from .toy import assets
 
 # model_index.json `_class_name` -> (config backend, backend class); FLUX.1-dev/schnell/Krea-dev are FluxPipelines
 FAMILIES = {"FluxPipeline": ("flux", FluxBackend), "StableDiffusion3Pipeline": ("sd3", SD3Backend)}
 SUPPORTED = "FluxPipeline (backend flux) or StableDiffusion3Pipeline (backend sd3)"
 
-HPS_REPO, HPS_FILE = "xswu/HPSv2", "HPS_v2.1_compressed.pt"
+HPS_REPO = "xswu/HPSv2"
 REWARD_DEFAULTS = {"pickscore": "yuvalkirstain/PickScore_v1", "clip": "openai/clip-vit-large-patch14",
                    "openclip": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "hpsv2.1": HPS_REPO}
 # PickScore's model card loads its processor from the laion repo it was fine-tuned from
@@ -145,7 +146,7 @@ def load_backend(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Ba
     if cfg.backend == "toy":
         return assets.load("generator", lambda path: FluxBackend.from_pretrained(path, device, vae_mode=cfg.vae_decode))
     if cfg.backend == "tiny":
-        parts = tiny.generator_parts()
+        parts = fixtures.generator_parts()
         return FluxBackend(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"], device,
                            vae_mode=cfg.vae_decode)
     path = resolve(cfg.model, "model")
@@ -172,7 +173,7 @@ def _reward(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Reward:
     if cfg.reward == "toy-hps":  # an HPS-style reward: the plain cosine of normalized features
         return assets.load("reward", lambda path: ClipReward.from_pretrained(path, use_logit_scale=False, device=device))
     if cfg.reward == "tiny-clip":
-        parts = tiny.reward_parts()
+        parts = fixtures.reward_parts()
         return ClipReward(parts["model"], parts["tokenizer"], use_logit_scale=False, device=device)
     name = cfg.reward_model or REWARD_DEFAULTS[cfg.reward]
     if cfg.reward in ("hpsv2.1", "openclip"):
@@ -197,56 +198,3 @@ def build(cfg: RunConfig) -> Models:
         from .toy.judge import load_judge
         judge = load_judge()
     return Models(backend, load_reward(cfg, device), judge)
-
-
-def write_fixtures(out: str | Path) -> dict[str, Path]:
-    """Tiny random models in the on-disk formats the real loaders read, and one preset per backend x reward
-    under out/presets/ pointing at them. Returns the paths by name (`model` / `reward_model`: the tiny
-    world's FLUX layout and a transformers CLIP, kept for older callers)."""
-    out = Path(out).resolve()
-    parts = tiny.generator_parts()
-    FluxBackend(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"]).save_pretrained(out / "flux-tiny")
-    tiny.flux_pipeline().save_pretrained(out / "flux-pipeline-tiny")
-    tiny.sd3_pipeline().save_pretrained(out / "sd3-pipeline-tiny")
-    r = tiny.reward_parts()
-    ClipReward(r["model"], r["tokenizer"], use_logit_scale=True).save_pretrained(out / "clip-tiny")
-    ClipReward(r["model"], r["tokenizer"], use_logit_scale=True).save_pretrained(out / "pickscore-tiny")
-    from transformers import CLIPImageProcessor  # PickScore's repo carries a processor config beside the model
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out / "pickscore-tiny")
-    arch = out / "open-clip-tiny.json"
-    arch.write_text(json.dumps(tiny.OPEN_CLIP_TINY, indent=2))
-    import open_clip
-    name = open_clip_architecture(str(arch))
-    (out / "hps-tiny").mkdir(parents=True, exist_ok=True)
-    with tiny.seeded(2):
-        model = open_clip.create_model(name, pretrained=None)
-    torch.save({"state_dict": model.state_dict()}, out / "hps-tiny" / HPS_FILE)
-    paths = {"model": out / "flux-tiny", "reward_model": out / "clip-tiny", "flux": out / "flux-pipeline-tiny",
-             "sd3": out / "sd3-pipeline-tiny", "hpsv2.1": out / "hps-tiny" / HPS_FILE,
-             "pickscore": out / "pickscore-tiny", "clip": out / "clip-tiny", "open_clip_arch": arch}
-    paths.update(write_fixture_presets(out, paths))
-    return paths
-
-
-def write_fixture_presets(out: Path, paths: dict[str, Path]) -> dict[str, Path]:
-    """presets/<backend>-<reward>.yaml: a 2-step SRPO session on the fixtures with the reference's
-    knobs scaled down (rollout steps, resolution, T5 length)."""
-    import yaml
-    rewards = {"hpsv2.1": {"reward_model": str(paths["hpsv2.1"]), "reward_arch": str(paths["open_clip_arch"])},
-               "openclip": {"reward_model": str(paths["hpsv2.1"]), "reward_arch": str(paths["open_clip_arch"])},
-               "pickscore": {"reward_model": str(paths["pickscore"])},
-               "clip": {"reward_model": str(paths["clip"])}}
-    written = {}
-    (out / "presets").mkdir(exist_ok=True)
-    for backend in ("flux", "sd3"):
-        for reward, extra in rewards.items():
-            preset = {"backend": backend, "model": str(paths[backend]), "reward": reward, **extra, "method": "srpo",
-                      "steps": 2, "rollout_steps": 2, "resolution": 32, "max_sequence_length": 16,
-                      **{f"{use}_guidance": 3.5 if backend == "flux" else 2.0 for use in ("rollout", "train", "sample")},
-                      "sample_steps": 2, "pos_words": ["Detailed"],
-                      "neg_words": ["Smooth"], "preview_every": 0, "prompts": ["a red circle on sky"]}
-            path = out / "presets" / f"{backend}-{reward}.yaml"
-            path.write_text(f"# Tiny fixture preset: {backend} generator, {reward} reward (srpo_core fixtures).\n"
-                            + yaml.safe_dump(preset, sort_keys=False))
-            written[f"preset:{backend}-{reward}"] = path
-    return written

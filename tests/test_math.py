@@ -162,7 +162,7 @@ def test_config_layers_defaults_preset_and_overrides(tmp_path):
 
 
 def test_predicted_gap_at_reference_point():
-    # TOYWORLD_NOTES: sigma 0.9, dsigma 0.02 -> factor 0.185, i.e. +14.6 dB
+    # a first feasibility run's reference point: sigma 0.9, dsigma 0.02 -> factor 0.185, i.e. +14.6 dB
     f = da.predicted_error_factor(0.9, 0.02)
     assert f == pytest.approx(0.1852, abs=1e-3)
     assert -20 * math.log10(f) == pytest.approx(14.6, abs=0.05)

@@ -9,7 +9,7 @@ import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
 from safetensors.torch import load_file, save_file
 
-from srpo_core import config, memory, models
+from srpo_core import config, fixtures, memory, models
 from srpo_core.config import ConfigError
 from srpo_core.events import Finished, Started
 from srpo_core.lora import add_lora, make_trainable, tuned_state_dict
@@ -21,7 +21,7 @@ PROMPT = "a red circle on sky"
 
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory):
-    return models.write_fixtures(tmp_path_factory.mktemp("fixtures"))
+    return fixtures.write_fixtures(tmp_path_factory.mktemp("fixtures"))
 
 
 def fixture_cfg(fx, name: str, **changes) -> config.RunConfig:

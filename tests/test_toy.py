@@ -1,17 +1,18 @@
-"""The toy world: renderer, caption grammar, judge statistics, the build's on-disk layouts."""
+"""The toy world: renderer, caption grammar, judge statistics, the build's on-disk layouts and its one code path."""
 
 import pytest
 import torch
 
+from srpo_core import config, evaluate
 from srpo_core.backends import FluxBackend
 from srpo_core.rewards import ClipReward
-from srpo_core.toy import generator as gen
-from srpo_core.toy.build import Plan, build
 from srpo_core.toy.judge import RANGES, ContentClassifier, raw_brightness, raw_detail, raw_saturation, style_stats
 from srpo_core.toy.render import AXES, Labels, captions, parse, render, sample_scenes, scenes_for
+from srpo_core.toy import assets
 from srpo_core.toy.text import EOS_ID, toy_tokenizer
-from srpo_core.toy.vae import make_vae
 from srpo_core.toy.vocab import BACKGROUNDS, COLORS, SHAPES, STYLE_AXES, default_prompts
+from toybuild import generator as gen
+from toybuild.build import Plan, build
 
 
 def test_render_is_deterministic_by_seed():
@@ -75,16 +76,16 @@ def test_toy_tokenizer_keeps_eos_and_knows_every_word():
     assert tok.convert_tokens_to_ids("zebra") == tok.unk_token_id
 
 
-def test_text_and_velocity_match_the_flux_backend():
-    backend = FluxBackend(gen.make_transformer(0), make_vae(0), gen.make_text_encoder(1), toy_tokenizer())
+def test_the_build_samples_what_the_app_shows():
+    """One code path: the build's and quality report's sampler (toybuild.generator.samples, on a backend built from
+    the toy world's files) gives the very images the app's /generate and `eval` make from the toy-srpo preset."""
     prompts = ["a red circle on sky", "Dark. a blue square on snow"]
-    cond = backend.encode_prompts(prompts)
-    x, sigma = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0.3, 0.9])
-    with torch.no_grad():
-        embeds, pooled = gen.encode_text(backend.text_encoder, backend.tokenizer, prompts)
-        ours = gen.velocity(backend.transformer, x, sigma, embeds, pooled)
-        assert torch.allclose(cond.embeds, embeds) and torch.allclose(cond.pooled, pooled)
-        assert torch.allclose(backend.velocity(x, sigma, cond), ours, atol=1e-6)
+    app_cfg = config.load("toy-srpo", ["sample_steps=6"])
+    app_side = evaluate.generate(evaluate.load_models(app_cfg), app_cfg, prompts, seed=11)
+    build_side = gen.samples(FluxBackend.from_pretrained(assets.toy_dir() / "generator"), prompts, 11, steps=6,
+                             guidance=app_cfg.sample_guidance)
+    assert build_side.shape == (2, 3, 64, 64)
+    assert torch.equal(build_side, app_side)
 
 
 def test_smoke_build_writes_loadable_directories(tmp_path):

@@ -15,11 +15,11 @@ from srpo_core import compare, config
 from srpo_core.backends import FluxBackend
 from srpo_core.rewards import ClipReward
 from srpo_core.toy import assets
-from srpo_core.toy import generator as gen
-from srpo_core.toy import quality
 from srpo_core.toy.judge import ContentClassifier
-from srpo_core.toy.reward import reward_metrics
 from srpo_core.toy.vocab import STYLE_AXES, default_prompts
+from toybuild import generator as gen
+from toybuild import quality
+from toybuild.reward import reward_metrics
 
 from conftest import ROOT
 
@@ -73,9 +73,9 @@ def test_plain_reward_prefers_a_step_toward_its_bias_on_generated_images(backend
 
 def test_generator_draws_what_the_prompt_says(backend, judge):
     """20 Euler steps with the presets' guidance from held-out seeds, every shape x color x background once (48
-    images; the build's and README's figures use 192: shape 0.92 and 0.93 against issue 3's bar of 0.85, chance 0.33)."""
-    acc = gen.judge_samples(backend.transformer, backend.text_encoder, backend.tokenizer, backend.vae, judge, 1,
-                            GUIDANCE, steps=20, seed=quality.HELD_OUT)
+    images; the build's and README's figures use 192: shape 0.92 and 0.93 against the quality bar of 0.85, chance
+    0.33)."""
+    acc = gen.judge_samples(backend, judge, 1, GUIDANCE, steps=20, seed=quality.HELD_OUT)
     assert acc["color_acc"] >= 0.90 and acc["background_acc"] >= 0.90
     assert acc["shape_acc"] >= 0.80
 
@@ -151,5 +151,5 @@ def test_a_damaged_asset_names_the_file_and_the_build_command(tmp_path, damage):
     # stderr also carries transformers' weight-loading bars of the parts that loaded; the error is one line
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr
-    assert "python -m srpo_core.toy.build --out assets/toy --only reward" in proc.stderr
+    assert "python -m toybuild --out assets/toy --only reward" in proc.stderr
     assert str(weights if damage == "missing" else weights.parent) in proc.stderr

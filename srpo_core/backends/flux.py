@@ -18,6 +18,15 @@ from .base import Cond, DiffusersBackend, PromptCache, configure_vae, guide, wit
 MAX_SEQUENCE_LENGTH = 512  # FLUX.1-dev's T5 length (schnell uses 256)
 
 
+def encode_clip_text(text_encoder: CLIPTextModel, tokenizer, prompts: list[str], device: torch.device | str = "cpu"):
+    """The single-CLIPTextModel layout (tiny and toy worlds): (sequence (B, T, D) = last_hidden_state, pooled (B, D)
+    = the [EOS] state); differentiable, so the toy build trains its text tower through it."""
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    out = text_encoder(input_ids=ids)
+    return out.last_hidden_state, out.pooler_output
+
+
 class FluxBackend(DiffusersBackend):
     pipeline_class = FluxPipeline
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
@@ -81,10 +90,7 @@ class FluxBackend(DiffusersBackend):
         return unknown_words(self.tokenizer, prompt)
 
     def _encode_one(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.device)
-        out = self.text_encoder(input_ids=ids)
-        return out.last_hidden_state, out.pooler_output
+        return encode_clip_text(self.text_encoder, self.tokenizer, prompts, self.device)
 
     def _encode_two(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         embeds, pooled, _ = self.pipe.encode_prompt(prompts, device=self.device,

@@ -9,12 +9,25 @@ from ..tokens import unknown_words
 from .base import preprocess
 
 
+def image_features(model: CLIPModel, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] -> L2-normalized features (B, D), differentiable in images and weights."""
+    pixels = preprocess(images, model.config.vision_config.image_size)
+    return torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels.to(model.dtype)).pooler_output.float(), dim=-1)
+
+
+def text_features(model: CLIPModel, tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Prompts -> L2-normalized features (len(prompts), D), differentiable in the weights."""
+    ids = tokenizer(prompts, padding="max_length", truncation=True, max_length=min(tokenizer.model_max_length, 77),
+                    return_tensors="pt")
+    out = model.get_text_features(input_ids=ids.input_ids.to(model.device), attention_mask=ids.attention_mask.to(model.device))
+    return torch.nn.functional.normalize(out.pooler_output.float(), dim=-1)
+
+
 class ClipReward:
     def __init__(self, model: CLIPModel, tokenizer, use_logit_scale: bool, device="cpu"):
         self.device = torch.device(device)
         self.model = model.to(self.device).requires_grad_(False).eval()
         self.tokenizer = tokenizer
-        self.image_size = model.config.vision_config.image_size
         # HPS-style rewards are plain cosines; PickScore/CLIP multiply by exp(logit_scale).
         self.scale = float(model.logit_scale.exp()) if use_logit_scale else 1.0
         self._text_cache: dict[str, torch.Tensor] = {}
@@ -32,21 +45,14 @@ class ClipReward:
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] -> normalized features (B, D); gradients flow to the images."""
-        pixels = preprocess(images.to(self.device), self.image_size)
-        f = self.model.get_image_features(pixel_values=pixels.to(self.model.dtype)).pooler_output.float()
-        return torch.nn.functional.normalize(f, dim=-1)
+        return image_features(self.model, images.to(self.device))
 
     @torch.no_grad()
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> normalized features (len(prompts), D); cached per prompt (the text tower is frozen)."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
-            ids = self.tokenizer(missing, padding="max_length", truncation=True,
-                                 max_length=min(self.tokenizer.model_max_length, 77), return_tensors="pt")
-            out = self.model.get_text_features(input_ids=ids.input_ids.to(self.device),
-                                               attention_mask=ids.attention_mask.to(self.device))
-            f = torch.nn.functional.normalize(out.pooler_output.float(), dim=-1)
-            self._text_cache.update(zip(missing, f))
+            self._text_cache.update(zip(missing, text_features(self.model, self.tokenizer, missing)))
         return torch.stack([self._text_cache[p] for p in prompts])
 
     def unknown_words(self, prompt: str) -> list[str]:

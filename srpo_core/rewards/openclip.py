@@ -12,6 +12,8 @@ from .base import preprocess
 
 DEFAULT_ARCH = "ViT-H-14"  # HPSv2.1 fine-tunes open_clip's laion2b_s32b_b79k ViT-H-14
 
+HPS_FILE = "HPS_v2.1_compressed.pt"  # the state dict of HPSv2.1 in the xswu/HPSv2 repo
+
 
 def architecture(arch: str) -> str:
     """An open_clip model name, or a model-config JSON registered under its file stem (tiny test models)."""

@@ -1,1 +1,2 @@
-"""The toy world: its vocabulary and the tiny FLUX-family models built in code."""
+"""The toy world's definition: vocabulary, tokenizer, renderer and caption parser, the judge's statistics and classifier
+inference, and loading the built assets (`python -m toybuild` builds them)."""

@@ -1,4 +1,4 @@
-"""Where the built toy world lives (assets/toy, written by srpo_core.toy.build) and how its parts load:
+"""Where the built toy world lives (assets/toy, written by `python -m toybuild`) and how its parts load:
 a missing or corrupt file is a one-line ConfigError naming the file and the build command that restores it."""
 
 import os
@@ -7,7 +7,7 @@ from pathlib import Path
 from ..config import ConfigError
 
 SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "toy"
-COMMAND = "python -m srpo_core.toy.build --out assets/toy"
+COMMAND = "python -m toybuild --out assets/toy"
 
 # part -> (build stage, files it must hold)
 PARTS = {

@@ -8,14 +8,11 @@ the renderer produces (RANGES: the 0.5th and 99.5th percentiles over the 4,096 r
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import assets
-from .render import Scenes, gaussian_blur, luminance, parse, render, sample_scenes
-from .train import cosine_adamw
+from .render import gaussian_blur, luminance, parse
 from .vocab import BACKGROUNDS, COLORS, SHAPES
 
 RANGES = {"brightness": (0.252, 0.978), "saturation": (0.0675, 0.769), "detail": (0.0175, 0.1157)}
@@ -71,10 +68,6 @@ class ContentClassifier(nn.Module, PyTorchModelHubMixin):
         return {name: head(h) for name, head in self.heads.items()}
 
 
-def targets(scenes: Scenes) -> dict[str, torch.Tensor]:
-    return {"shape": scenes.shape, "color": scenes.color, "background": scenes.background}
-
-
 @torch.no_grad()
 def content_accuracy(model: ContentClassifier, images: torch.Tensor, labels: dict[str, torch.Tensor],
                      batch: int = 256) -> dict[str, float]:
@@ -88,41 +81,6 @@ def content_accuracy(model: ContentClassifier, images: torch.Tensor, labels: dic
         known = labels[name] >= 0
         out[f"{name}_acc"] = float((predicted[known] == labels[name][known]).float().mean()) if known.any() else float("nan")
     return out
-
-
-def train_classifier(model: ContentClassifier, steps: int, seed: int,
-                     extra: tuple[torch.Tensor, Scenes] | None = None, batch: int = 64, lr: float = 2e-3,
-                     eval_every: int = 100, held_out: int = 256) -> list[dict]:
-    """Cross-entropy on fresh renders. `extra` (images and their scenes, e.g. VAE reconstructions of
-    renders) fills half of every batch, so the judge reads decoded images as well as renders. Returns the
-    accuracy curve on `held_out` held-out renders."""
-    optimizer, schedule = cosine_adamw(model.parameters(), lr, steps, warmup=steps // 20, weight_decay=1e-4)
-    held_scenes = sample_scenes(held_out, seed + 10**6)
-    held_images = render(held_scenes)
-    g = torch.Generator().manual_seed(seed)
-    curve = []
-    bar = tqdm(range(steps), desc="judge", unit="step")
-    for step in bar:
-        model.train()
-        fresh = batch // 2 if extra is not None else batch
-        scenes = sample_scenes(fresh, seed + step)
-        images, labels = render(scenes), targets(scenes)
-        if extra is not None:
-            pick = torch.randint(len(extra[0]), (batch - fresh,), generator=g)
-            images = torch.cat([images, extra[0][pick]])
-            labels = {k: torch.cat([v, targets(extra[1])[k][pick]]) for k, v in labels.items()}
-        logits = model(images)
-        loss = sum(F.cross_entropy(logits[name], t) for name, t in labels.items())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            acc = content_accuracy(model, held_images, targets(held_scenes))
-            curve.append({"step": step + 1, "loss": float(loss.detach()), **acc})
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **{k: f"{v:.2f}" for k, v in acc.items()})
-    model.eval()
-    return curve
 
 
 @torch.no_grad()
@@ -144,7 +102,7 @@ def judge_prompts(model: ContentClassifier, images: torch.Tensor, prompts: list[
 
 
 def summary(per_image: dict[str, torch.Tensor]) -> dict[str, float | None]:
-    """judge_prompts' per-image values -> DESIGN.md's eval fields: shape_acc, color_acc, background_acc over
+    """judge_prompts' per-image values -> `eval`'s judge fields: shape_acc, color_acc, background_acc over
     the images whose prompt states that label (None when none does), mean brightness / saturation / detail
     and their standard deviations (<stat>_sd, for effect sizes between runs)."""
     out: dict[str, float | None] = {}

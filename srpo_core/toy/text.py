@@ -26,8 +26,3 @@ def text_config(width: int, layers: int, heads: int, projection_dim: int | None 
                           num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=MAX_TOKENS,
                           projection_dim=projection_dim or width, pad_token_id=VOCAB["[PAD]"],
                           eos_token_id=EOS_ID, bos_token_id=EOS_ID)
-
-
-def token_ids(tokenizer, prompts: list[str]):
-    """(B, MAX_TOKENS) ids, padded and truncated the way the FLUX backend and ClipReward tokenize."""
-    return tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids

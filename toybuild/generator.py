@@ -1,30 +1,35 @@
-"""The toy generator: a rectified-flow FluxTransformer2DModel over the toy VAE's 16x16x8 latents, with a
+"""Training the toy generator: a rectified-flow FluxTransformer2DModel over the toy VAE's 16x16x8 latents, with a
 CLIPTextModel text encoder trained jointly, stored in the layout `FluxBackend.from_pretrained` loads.
 
 Text path: the CLIPTextModel's `last_hidden_state` is the sequence the transformer attends to and its
-`pooler_output` (the [EOS] state, which has read the whole caption) the pooled vector that modulates
-every block. TOYWORLD_NOTES' run that learned shape fed a pooled vector holding every caption slot; here
-the [EOS] state of a two-layer text tower learns to hold them. `velocity` mirrors the backend's (the
-tests check they agree) so that training, sampling here and tuning there see one model.
+`pooler_output` (the [EOS] state, which has read the whole caption) the pooled vector that modulates every block.
+A first feasibility run that learned shape fed a pooled vector holding every caption slot; here the [EOS] state of a
+two-layer text tower learns to hold them. Training, sampling and decoding go through srpo_core's own FluxBackend
+and `evaluate.generate`, so what the build measures is what the app and the sessions run.
 """
 
 import torch
-from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+from diffusers import AutoencoderKL, FluxTransformer2DModel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 
-from ..schedule import sampling_sigmas
-from .judge import ContentClassifier, content_accuracy
-from .render import captions, parse, render, sample_scenes, scenes_for
-from .text import text_config, token_ids
+from srpo_core import evaluate
+from srpo_core.backends import Cond, FluxBackend
+from srpo_core.backends.base import vae_encode
+from srpo_core.backends.flux import encode_clip_text
+from srpo_core.config import RunConfig
+from srpo_core.models import Models
+from srpo_core.toy.judge import ContentClassifier, content_accuracy
+from srpo_core.toy.render import captions, parse, render, sample_scenes, scenes_for
+from srpo_core.toy.text import text_config
+from srpo_core.toy.vocab import BACKGROUNDS, COLORS, SHAPES, default_prompts
+
 from .train import cosine_adamw
 from .vae import reconstruct
-from .vocab import BACKGROUNDS, COLORS, SHAPES, default_prompts
 
 TEXT_WIDTH = 128
 CAPTION_DROPOUT = 0.1  # the empty caption trains the unconditional velocity that classifier-free guidance needs
-SHIFT = 3.0  # the sampling time shift RunConfig uses by default
 
 
 def make_text_encoder(seed: int) -> CLIPTextModel:
@@ -40,50 +45,11 @@ def make_transformer(seed: int) -> FluxTransformer2DModel:
                                   pooled_projection_dim=TEXT_WIDTH, guidance_embeds=False, axes_dims_rope=(8, 12, 12))
 
 
-def encode_text(text_encoder: CLIPTextModel, tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts -> (sequence (B, T, D), pooled (B, D)), as the backend encodes the tiny layout."""
-    out = text_encoder(input_ids=token_ids(tokenizer, prompts))
-    return out.last_hidden_state, out.pooler_output
-
-
-def velocity(transformer: FluxTransformer2DModel, x: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor,
-             pooled: torch.Tensor) -> torch.Tensor:
-    """v_theta(x, sigma, c) ~ eps - x0 for latents x (B, C, H, W) and sigma (B,) in [0, 1] (the transformer
-    scales the timestep by 1000 itself)."""
-    b, c, h, w = x.shape
-    out = transformer(hidden_states=FluxPipeline._pack_latents(x, b, c, h, w), timestep=sigma, guidance=None,
-                      pooled_projections=pooled, encoder_hidden_states=embeds,
-                      txt_ids=torch.zeros(embeds.shape[1], 3), img_ids=FluxPipeline._prepare_latent_image_ids(
-                          b, h // 2, w // 2, x.device, x.dtype), return_dict=False)[0]
-    scale = 4  # the VAE's downsampling: _unpack_latents works in pixel units
-    return FluxPipeline._unpack_latents(out, h * scale, w * scale, scale)
-
-
-@torch.no_grad()
-def sample(transformer, text_encoder, tokenizer, prompts: list[str], seed: int, steps: int = 20,
-           cfg: float = 1.0, latent_shape=(8, 16, 16)) -> torch.Tensor:
-    """Euler sampling over the shifted grid from seeded noise; cfg > 1 mixes in the empty prompt's
-    velocity, v = v_u + cfg (v_c - v_u). Returns normalized latents (B, C, H, W)."""
-    x = torch.randn(len(prompts), *latent_shape, generator=torch.Generator().manual_seed(seed))
-    embeds, pooled = encode_text(text_encoder, tokenizer, prompts)
-    if cfg != 1:
-        e_u, p_u = encode_text(text_encoder, tokenizer, [""])
-        embeds, pooled = torch.cat([embeds, e_u.expand_as(embeds)]), torch.cat([pooled, p_u.expand_as(pooled)])
-    sigmas = sampling_sigmas(steps, SHIFT)
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-        xs = torch.cat([x, x]) if cfg != 1 else x
-        v = velocity(transformer, xs, s.expand(len(xs)), embeds, pooled)
-        if cfg != 1:
-            v_c, v_u = v.chunk(2)
-            v = v_u + cfg * (v_c - v_u)
-        x = x + (s_next - s) * v
-    return x
-
-
-def decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
-    """Normalized latents -> images in [0, 1] (the backend's normalization: z / scaling + shift)."""
-    z = latents / vae.config.scaling_factor + vae.config.shift_factor
-    return (vae.decode(z).sample / 2 + 0.5).clamp(0, 1)
+def samples(backend: FluxBackend, prompts: list[str], seed: int, steps: int = 20, guidance: float = 3.0) -> torch.Tensor:
+    """Images in [0, 1] as the app and `eval` make them (`evaluate.generate`: prompt i from noise seed `seed + i`),
+    with `steps` Euler steps at classifier-free guidance `guidance` over the toy presets' shifted grid."""
+    cfg = RunConfig(backend="toy", resolution=64, sample_steps=steps, sample_guidance=guidance)
+    return evaluate.generate(Models(backend, None), cfg, prompts, seed)
 
 
 @torch.no_grad()
@@ -92,8 +58,7 @@ def encode_pool(vae: AutoencoderKL, n: int, seed: int, batch: int = 256) -> tupl
     latents, texts = [], []
     for i in tqdm(range(0, n, batch), desc="encode renders", unit="batch"):
         scenes = sample_scenes(min(batch, n - i), seed + i)
-        z = vae.encode(render(scenes) * 2 - 1).latent_dist.mode()
-        latents.append((z - vae.config.shift_factor) * vae.config.scaling_factor)
+        latents.append(vae_encode(vae, render(scenes)))
         texts += captions(scenes)
     return torch.cat(latents), texts
 
@@ -107,13 +72,11 @@ def eval_prompts() -> tuple[list[str], dict[str, torch.Tensor]]:
                      "background": torch.tensor([BACKGROUNDS.index(l.background) for l in labels])}
 
 
-@torch.no_grad()
-def judge_samples(transformer, text_encoder, tokenizer, vae, judge: ContentClassifier, seeds: int, cfg: float,
-                  steps: int = 20, seed: int = 10**6) -> dict[str, float]:
-    """Judge accuracy of generated images (`steps` Euler steps) for eval_prompts() x `seeds` noise seeds."""
+def judge_samples(backend: FluxBackend, judge: ContentClassifier, seeds: int, guidance: float, steps: int = 20,
+                  seed: int = 10**6) -> dict[str, float]:
+    """Judge accuracy of `samples` for eval_prompts() x `seeds` noise seeds (seed k starts at seed + k * 1000)."""
     prompts, labels = eval_prompts()
-    images = torch.cat([decode(vae, sample(transformer, text_encoder, tokenizer, prompts, seed + k, steps, cfg))
-                        for k in range(seeds)])
+    images = torch.cat([samples(backend, prompts, seed + 1000 * k, steps, guidance) for k in range(seeds)])
     return content_accuracy(judge, images, {k: v.repeat(seeds) for k, v in labels.items()})
 
 
@@ -131,12 +94,15 @@ def train_generator(transformer: FluxTransformer2DModel, text_encoder: CLIPTextM
     renders, with caption dropout, warm-up + cosine lr, grad clip 1 and an EMA of both networks.
     Returns (EMA transformer, EMA text encoder, curve); the curve holds the loss and the judge's
     accuracy on samples of the EMA model (cfg `eval_cfg`, one seed per eval prompt). `compile` runs the
-    training forward through torch.compile (0.59 -> 0.44 s/step at batch 64 on this 2-core CPU)."""
+    training forward through torch.compile (0.59 -> 0.44 s/step at batch 64 on a 2-core CPU)."""
     latents, texts = encode_pool(vae, pool, seed)
     nets = torch.nn.ModuleDict({"transformer": transformer, "text_encoder": text_encoder})
     # parameters only: the text tower's integer position_ids buffer must not be averaged (it would be truncated)
     ema = AveragedModel(nets, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
-    forward = torch.compile(transformer) if compile else transformer  # shares the parameters; the EMA copy stays eager
+    backend = FluxBackend(transformer, vae, text_encoder, tokenizer)
+    nets.requires_grad_(True)  # the backend freezes what it wraps, as a session's base; here both networks train
+    if compile:  # shares the parameters; the EMA copy stays eager
+        backend.denoiser = torch.compile(transformer)
     optimizer, schedule = cosine_adamw(nets.parameters(), lr, steps, warmup=max(steps // 25, 1), weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     curve, losses = [], []
@@ -150,8 +116,8 @@ def train_generator(transformer: FluxTransformer2DModel, text_encoder: CLIPTextM
         sigma = torch.sigmoid(torch.randn(batch, generator=g))
         eps = torch.randn(x0.shape, generator=g)
         s = sigma[:, None, None, None]
-        embeds, pooled = encode_text(text_encoder, tokenizer, prompts)
-        loss = (velocity(forward, s * eps + (1 - s) * x0, sigma, embeds, pooled) - (eps - x0)).pow(2).mean()
+        cond = Cond(*encode_clip_text(text_encoder, tokenizer, prompts))
+        loss = (backend.velocity(s * eps + (1 - s) * x0, sigma, cond) - (eps - x0)).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(nets.parameters(), 1.0)
@@ -161,9 +127,14 @@ def train_generator(transformer: FluxTransformer2DModel, text_encoder: CLIPTextM
         losses.append(float(loss.detach()))
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             ema.eval()
-            acc = judge_samples(ema.module["transformer"], ema.module["text_encoder"], tokenizer, vae, judge, 1, eval_cfg,
-                                sample_steps)
+            acc = judge_samples(ema_backend(ema, vae, tokenizer), judge, 1, eval_cfg, sample_steps)
             curve.append({"step": step + 1, "loss": sum(losses[-eval_every:]) / len(losses[-eval_every:]), **acc})
             bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}", **{k: f"{v:.2f}" for k, v in acc.items()})
     ema.eval()
     return ema.module["transformer"], ema.module["text_encoder"], curve
+
+
+def ema_backend(ema: AveragedModel, vae: AutoencoderKL, tokenizer) -> FluxBackend:
+    """A backend over the EMA copies, as the app will load them (a fresh one per evaluation: its prompt cache
+    holds encodings of the text tower as it was)."""
+    return FluxBackend(ema.module["transformer"], vae, ema.module["text_encoder"], tokenizer)

@@ -1,19 +1,28 @@
-"""Tiny random FLUX-family generator and CLIP-style reward, built in code with fixed seeds.
+"""Tiny random models built in code with fixed seeds, and `write_fixtures`, which stores them in the on-disk formats
+of the real ones (`python -m srpo_core fixtures --out DIR`).
 
-Same classes and on-disk formats as the real models (diffusers FluxTransformer2DModel +
-AutoencoderKL, transformers CLIPTextModel / CLIPModel, a tokenizers WordLevel tokenizer), so
-every code path that serves FLUX and PickScore/CLIP runs on them in seconds on a CPU.
+Same classes and formats as the real models (diffusers FluxTransformer2DModel + AutoencoderKL, FluxPipeline,
+StableDiffusion3Pipeline, transformers CLIPTextModel / CLIPModel, an open_clip checkpoint in HPSv2.1's layout, a
+tokenizers WordLevel tokenizer), so every code path that serves FLUX, SD3, HPSv2.1 and PickScore/CLIP runs on them in
+seconds on a CPU.
 """
 
+import json
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
+import yaml
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
 
-from .text import text_config, toy_tokenizer
-from .vocab import VOCAB
+from .backends import FluxBackend
+from .rewards import ClipReward
+from .rewards.openclip import HPS_FILE
+from .rewards.openclip import architecture as open_clip_architecture
+from .toy.text import text_config, toy_tokenizer
+from .toy.vocab import VOCAB
 
 WIDTH = 32
 _RNG_LOCK = threading.RLock()
@@ -109,3 +118,55 @@ OPEN_CLIP_TINY = {
     "vision_cfg": {"image_size": 32, "layers": 1, "width": WIDTH, "head_width": 16, "patch_size": 8},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": WIDTH, "heads": 2, "layers": 1},
 }
+
+
+def write_fixtures(out: str | Path) -> dict[str, Path]:
+    """Tiny random models in the on-disk formats the real loaders read, and one preset per backend x reward
+    under out/presets/ pointing at them. Returns the paths by name (`model` / `reward_model`: the tiny
+    world's FLUX layout and a transformers CLIP, kept for older callers)."""
+    out = Path(out).resolve()
+    parts = generator_parts()
+    FluxBackend(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"]).save_pretrained(out / "flux-tiny")
+    flux_pipeline().save_pretrained(out / "flux-pipeline-tiny")
+    sd3_pipeline().save_pretrained(out / "sd3-pipeline-tiny")
+    r = reward_parts()
+    ClipReward(r["model"], r["tokenizer"], use_logit_scale=True).save_pretrained(out / "clip-tiny")
+    ClipReward(r["model"], r["tokenizer"], use_logit_scale=True).save_pretrained(out / "pickscore-tiny")
+    from transformers import CLIPImageProcessor  # PickScore's repo carries a processor config beside the model
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out / "pickscore-tiny")
+    arch = out / "open-clip-tiny.json"
+    arch.write_text(json.dumps(OPEN_CLIP_TINY, indent=2))
+    import open_clip
+    name = open_clip_architecture(str(arch))
+    (out / "hps-tiny").mkdir(parents=True, exist_ok=True)
+    with seeded(2):
+        model = open_clip.create_model(name, pretrained=None)
+    torch.save({"state_dict": model.state_dict()}, out / "hps-tiny" / HPS_FILE)
+    paths = {"model": out / "flux-tiny", "reward_model": out / "clip-tiny", "flux": out / "flux-pipeline-tiny",
+             "sd3": out / "sd3-pipeline-tiny", "hpsv2.1": out / "hps-tiny" / HPS_FILE,
+             "pickscore": out / "pickscore-tiny", "clip": out / "clip-tiny", "open_clip_arch": arch}
+    paths.update(write_fixture_presets(out, paths))
+    return paths
+
+
+def write_fixture_presets(out: Path, paths: dict[str, Path]) -> dict[str, Path]:
+    """presets/<backend>-<reward>.yaml: a 2-step SRPO session on the fixtures with the reference's
+    knobs scaled down (rollout steps, resolution, T5 length)."""
+    rewards = {"hpsv2.1": {"reward_model": str(paths["hpsv2.1"]), "reward_arch": str(paths["open_clip_arch"])},
+               "openclip": {"reward_model": str(paths["hpsv2.1"]), "reward_arch": str(paths["open_clip_arch"])},
+               "pickscore": {"reward_model": str(paths["pickscore"])},
+               "clip": {"reward_model": str(paths["clip"])}}
+    written = {}
+    (out / "presets").mkdir(exist_ok=True)
+    for backend in ("flux", "sd3"):
+        for reward, extra in rewards.items():
+            preset = {"backend": backend, "model": str(paths[backend]), "reward": reward, **extra, "method": "srpo",
+                      "steps": 2, "rollout_steps": 2, "resolution": 32, "max_sequence_length": 16,
+                      **{f"{use}_guidance": 3.5 if backend == "flux" else 2.0 for use in ("rollout", "train", "sample")},
+                      "sample_steps": 2, "pos_words": ["Detailed"],
+                      "neg_words": ["Smooth"], "preview_every": 0, "prompts": ["a red circle on sky"]}
+            path = out / "presets" / f"{backend}-{reward}.yaml"
+            path.write_text(f"# Tiny fixture preset: {backend} generator, {reward} reward (srpo_core fixtures).\n"
+                            + yaml.safe_dump(preset, sort_keys=False))
+            written[f"preset:{backend}-{reward}"] = path
+    return written

@@ -8,9 +8,3 @@ def cosine_adamw(params, lr: float, steps: int, warmup: int, weight_decay: float
     """AdamW with linear warm-up then cosine decay to 0 over `steps`: (optimizer, scheduler)."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, max(steps, 1))
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean PSNR in dB of images in [0, 1] (per-image PSNR averaged over the batch)."""
-    mse = (a - b).pow(2).flatten(1).mean(1).clamp(min=1e-10)
-    return float((10 * torch.log10(1 / mse)).mean())

@@ -1,6 +1,6 @@
-"""The toy world's quality bars, measured on fresh held-out data (issue 3's list):
+"""The toy world's quality bars, measured on fresh held-out data:
 
-    python -m srpo_core.toy.quality [--json] [--seeds 4] [--n 256]
+    python -m toybuild.quality [--json] [--seeds 4] [--n 256]
 
 VAE held-out PSNR; generator content accuracy (judge) and style-word agreement on 20-step samples; reward
 retrieval, style-word sign agreement and bias, on renders and (ours, beyond the issue's list) on generated images;
@@ -14,15 +14,16 @@ import sys
 
 import torch
 
-from .. import config, evaluate, srp
-from ..config import ConfigError
+from srpo_core import config, evaluate, srp
+from srpo_core.config import ConfigError
+from srpo_core.evaluate import psnr
+from srpo_core.toy.judge import style_stats
+from srpo_core.toy.render import render, sample_scenes, saturate, smooth
+from srpo_core.toy.vocab import STYLE_AXES, default_prompts
+
 from . import generator as gen
-from .judge import style_stats
-from .render import render, sample_scenes, saturate, smooth
 from .reward import reward_metrics
-from .train import psnr
 from .vae import reconstruct
-from .vocab import STYLE_AXES, default_prompts
 
 HELD_OUT = 7 * 10**6  # scene and noise seeds far from every seed the build trained or evaluated on
 STAT = {"lighting": "brightness", "surface": "detail", "palette": "saturation"}
@@ -38,11 +39,6 @@ def vae_psnr(backend, n: int = 256) -> float:
     return psnr(torch.cat([reconstruct(backend.vae, images[i:i + 128]) for i in range(0, n, 128)]), images)
 
 
-def _samples(backend, prompts: list[str], seed: int, guidance: float, steps: int = 20) -> torch.Tensor:
-    latents = gen.sample(backend.transformer, backend.text_encoder, backend.tokenizer, prompts, seed, steps, guidance)
-    return gen.decode(backend.vae, latents)
-
-
 @torch.no_grad()
 def style_word_agreement(backend, guidance: float, prompts: list[str], seeds: int = 1) -> dict[str, float]:
     """Per axis: the share of (prompt, seed) pairs where "<pole A>. p" measures higher on the axis' statistic
@@ -51,8 +47,8 @@ def style_word_agreement(backend, guidance: float, prompts: list[str], seeds: in
     for axis, (a, b) in STYLE_AXES.items():
         wins = []
         for k in range(seeds):
-            stat_a, stat_b = (style_stats(_samples(backend, [f"{w.capitalize()}. {p}" for p in prompts], HELD_OUT + k,
-                                                   guidance))[STAT[axis]] for w in (a, b))
+            stat_a, stat_b = (style_stats(gen.samples(backend, [f"{w.capitalize()}. {p}" for p in prompts],
+                                                      HELD_OUT + 1000 * k, guidance=guidance))[STAT[axis]] for w in (a, b))
             wins.append(stat_a > stat_b)
         out[f"{axis}_word_agreement"] = float(torch.cat(wins).float().mean())
     return out
@@ -64,7 +60,7 @@ def generated_bias_rate(backend, reward, guidance: float, prompts: list[str], st
     toward the bias with the renderer's own operations: `step` of the way to the blur, chroma x (1 + 0.6 step).
     Small, because a gradient method follows the local slope (the shipped reward: 0.94 / 0.92 / 0.90 / 0.77
     of 48 images at steps 0.1 / 0.2 / 0.3 / 0.5)."""
-    images = _samples(backend, prompts, HELD_OUT, guidance)
+    images = gen.samples(backend, prompts, HELD_OUT, guidance=guidance)
     edited = saturate(smooth(images, step), step).clamp(0, 1)
     t = reward.text_features(prompts)
     before, after = (srp.plain(reward.image_features(x), t, reward.scale) for x in (images, edited))
@@ -85,8 +81,7 @@ def measure(seeds: int = 4, n: int = 256, preset: str = "toy-srpo") -> dict:
     models = evaluate.load_models(cfg)
     backend = models.backend
     out = {"vae_psnr_db": vae_psnr(backend, n)}
-    out.update(gen.judge_samples(backend.transformer, backend.text_encoder, backend.tokenizer, backend.vae, models.judge,
-                                 seeds, cfg.sample_guidance, steps=20, seed=HELD_OUT))
+    out.update(gen.judge_samples(backend, models.judge, seeds, cfg.sample_guidance, steps=20, seed=HELD_OUT))
     out.update(style_word_agreement(backend, cfg.sample_guidance, default_prompts(), seeds=max(1, seeds // 2)))
     out.update(reward_metrics(models.reward.model, models.reward.tokenizer, HELD_OUT, n))
     out["generated_bias_rate"] = generated_bias_rate(backend, models.reward, cfg.sample_guidance, default_prompts())

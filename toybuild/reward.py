@@ -1,4 +1,4 @@
-"""The toy reward "toy-hps": a tiny transformers CLIPModel trained contrastively on (render, caption), then
+"""Training the toy reward "toy-hps": a tiny transformers CLIPModel trained contrastively on (render, caption), then
 given a known bias, as HPS has one: for the same content and caption it prefers vivid + smooth renders.
 
 The bias is graded, not a pole-against-pole preference: of two renders of one scene, the plain caption
@@ -9,8 +9,9 @@ smooth from a generated image (measured: x1.2 saturation -0.017, a 1 px blur -0.
 gradients never pulled Direct-Align toward the bias. The bias is taught on captions without style
 words, so it lives in the prompt-independent part of the image features (what every caption's text
 feature shares); style words keep their own meaning, which is what lets SRP's r(x, p+) - r(x, p-)
-cancel the bias. Scored as ClipReward does with
-use_logit_scale=False: the cosine of L2-normalized features.
+cancel the bias. Features come from srpo_core's own ClipReward code (`rewards.clip.image_features` /
+`text_features`, the same preprocessing), scored as ClipReward does with use_logit_scale=False: the cosine of
+L2-normalized features.
 """
 
 from dataclasses import replace
@@ -19,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from .render import AXES, SIZE, Scenes, captions, render, sample_scenes, saturate, smooth
-from .text import text_config, token_ids
+from srpo_core.rewards.clip import image_features, text_features
+from srpo_core.toy.render import AXES, SIZE, Scenes, captions, render, sample_scenes, saturate, smooth
+from srpo_core.toy.text import text_config
+from srpo_core.toy.vocab import STYLE_AXES
+
 from .train import cosine_adamw
-from .vocab import STYLE_AXES, VOCAB
 
 WIDTH, PROJECTION = 128, 64
 BIAS = {"palette": "vivid", "surface": "smooth"}  # what the reward prefers for identical content
@@ -40,19 +42,6 @@ def make_reward(seed: int) -> CLIPModel:
                   image_size=SIZE, patch_size=8, projection_dim=PROJECTION)
     return CLIPModel(CLIPConfig(text_config=text_config(WIDTH, 2, 4, PROJECTION).to_dict(), vision_config=vision,
                                 projection_dim=PROJECTION))
-
-
-def image_features(model: CLIPModel, images: torch.Tensor) -> torch.Tensor:
-    """Images (B, 3, 64, 64) in [0, 1] -> normalized (B, PROJECTION), preprocessed as ClipReward does."""
-    mean = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
-    return F.normalize(model.get_image_features(pixel_values=(images - mean) / std).pooler_output, dim=-1)
-
-
-def text_features(model: CLIPModel, tokenizer, prompts: list[str]) -> torch.Tensor:
-    ids = token_ids(tokenizer, prompts)
-    out = model.get_text_features(input_ids=ids, attention_mask=(ids != VOCAB["[PAD]"]).long())
-    return F.normalize(out.pooler_output, dim=-1)
 
 
 def with_style(scenes: Scenes, words: dict[str, str]) -> Scenes:

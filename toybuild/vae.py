@@ -1,6 +1,6 @@
 """The toy world's VAE: diffusers AutoencoderKL, 64x64x3 images -> 16x16x8 latents (4x down, three levels).
 
-TOYWORLD_NOTES measured this layout at 29.5 dB after ~15 minutes on 2 threads, where the 8x layouts
+A first feasibility run measured this layout at 29.5 dB after ~15 minutes on 2 threads, where the 8x layouts
 stalled at 17 dB or needed ~20 minutes for 28 dB.
 """
 
@@ -8,8 +8,11 @@ import torch
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
-from .render import render, sample_scenes
-from .train import cosine_adamw, psnr
+from srpo_core.backends.base import vae_decode, vae_encode
+from srpo_core.evaluate import psnr
+from srpo_core.toy.render import render, sample_scenes
+
+from .train import cosine_adamw
 
 KL_WEIGHT = 3e-5
 
@@ -23,9 +26,8 @@ def make_vae(seed: int) -> AutoencoderKL:
 
 @torch.no_grad()
 def reconstruct(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] -> decoded posterior mode, in [0, 1]."""
-    z = vae.encode(images * 2 - 1).latent_dist.mode()
-    return (vae.decode(z).sample / 2 + 0.5).clamp(0, 1)
+    """Images in [0, 1] -> decoded posterior mode, in [0, 1], through the backends' own encode and decode."""
+    return vae_decode(vae, vae_encode(vae, images), checkpointed=False)
 
 
 def train_vae(vae: AutoencoderKL, steps: int, seed: int, batch: int = 16, lr: float = 1e-3,

@@ -1,6 +1,6 @@
 """Build the toy world's weights, seeded, in one command:
 
-    python -m srpo_core.toy.build --out assets/toy [--minutes-scale X] [--only vae|judge|generator|reward]
+    python -m toybuild --out assets/toy [--minutes-scale X] [--only vae|judge|generator|reward]
 
 Stages run in dependency order: vae (the generator's AutoencoderKL), judge (reads VAE reconstructions),
 generator (its accuracy curve is the judge's), reward (independent). Output:
@@ -11,7 +11,7 @@ generator (its accuracy curve is the judge's), reward (independent). Output:
     OUT/build.json                                             steps, seconds, metrics and curves per stage
 with a model card (README.md) beside each model's weights. Step counts are fixed per stage (so a build is
 reproducible); `--minutes-scale` multiplies them. At scale 1 the shipped build took 59.5 minutes of an idle
-2-core CPU (stage by stage in STAGES' comment), inside issue 3's 60-minute goal by half a minute. Machines of
+2-core CPU (stage by stage in STAGES' comment), inside the 60-minute goal by half a minute. Machines of
 this kind differ in speed (the same VAE stage took 22.4 minutes on another one), and other jobs on the CPU stretch
 a build badly (a second process beside a two-thread stage made it ~3x slower).
 """
@@ -25,13 +25,16 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from ..config import ConfigError
-from . import assets
+from srpo_core.backends import FluxBackend
+from srpo_core.config import ConfigError
+from srpo_core.toy import assets
+from srpo_core.toy.judge import ContentClassifier, content_accuracy, load_judge
+from srpo_core.toy.render import render, sample_scenes
+from srpo_core.toy.text import toy_tokenizer
+
 from . import generator as gen
-from .judge import ContentClassifier, content_accuracy, load_judge, targets, train_classifier
-from .render import render, sample_scenes
+from .judge import targets, train_classifier
 from .reward import ANTI_BIAS, BIAS, BIAS_SLOPE, BIAS_WEIGHT, make_reward, reward_metrics, train_reward
-from .text import toy_tokenizer
 from .vae import KL_WEIGHT, calibrate, make_vae, reconstruct, train_vae
 
 MAX_FILE_BYTES = 10 * 1024**2  # Hugging Face's limit for files without LFS
@@ -137,8 +140,9 @@ def build_generator(out: Path, seed: int, plan: Plan) -> dict:
     transformer, text_encoder, curve = gen.train_generator(
         gen.make_transformer(seed), gen.make_text_encoder(seed + 1), tokenizer, vae, judge, n, seed,
         pool=plan.generator_pool, eval_every=max(1, n // 10), sample_steps=plan.sample_steps, compile=plan.compile)
+    backend = FluxBackend(transformer, vae, text_encoder, tokenizer)
     metrics = {f"cfg{cfg:g}_{k}": v for cfg in (1.0, 3.0, 5.0) for k, v in gen.judge_samples(
-        transformer, text_encoder, tokenizer, vae, judge, plan.eval_seeds, cfg, plan.sample_steps).items()}
+        backend, judge, plan.eval_seeds, cfg, plan.sample_steps).items()}
     metrics.update({f"ceiling_{k}": v for k, v in gen.judge_ceiling(vae, judge).items()})
     metrics["eval_images_per_cfg"] = plan.eval_seeds * len(gen.eval_prompts()[0])
     transformer.save_pretrained(out / "generator" / "transformer")
