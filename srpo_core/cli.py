@@ -1,4 +1,4 @@
-"""Headless commands: train, sample, recover, score, eval, fixtures (DESIGN.md's contract).
+"""Headless commands: train, sample, recover, score, eval, compare, fixtures, bench.
 
 With --json a command prints one JSON object as the last line of stdout. Bad input prints one line
 on stderr and exits 2; a run that fails prints one line and exits 1.
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import config
 from .config import ConfigError
+from .events import SessionFailed
 
 
 class Parser(argparse.ArgumentParser):
@@ -62,7 +63,7 @@ def cmd_train(args) -> int:
             bar.set_postfix(reward=_num(event.record.reward), loss=_num(event.record.loss))
         elif isinstance(event, Failed):
             print(f"error: {event.error}", file=sys.stderr)
-            return 1
+            return 2 if event.bad_input else 1
         elif isinstance(event, Finished):
             if bar is not None:
                 bar.close()
@@ -157,7 +158,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_fixtures(args) -> int:
-    from .models import write_fixtures
+    from .fixtures import write_fixtures
     from .store import check_writable
     paths = write_fixtures(check_writable(Path(args.out)))
     emit({k: str(v) for k, v in paths.items()}, args.json)
@@ -236,3 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except SessionFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

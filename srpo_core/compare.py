@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from . import config, evaluate
 from .config import ConfigError
-from .events import Failed, Finished, StepMetrics
+from .events import Failed, Finished, SessionFailed, StepMetrics
 from .session import Session
 from .toy.vocab import heldout_prompts
 
@@ -27,11 +27,12 @@ def train(preset: str, runs_root: str | Path, overrides: list[str] = ()) -> tupl
         if isinstance(event, StepMetrics):
             bar.update(1)
         if isinstance(event, Failed):
-            raise ConfigError(f"preset {preset} failed: {event.error}")
+            error = ConfigError if event.bad_input else SessionFailed
+            raise error(f"preset {preset} failed: {event.error}")
         if isinstance(event, Finished):
             bar.close()
             return event.run_dir, event.summary["seconds"]
-    raise ConfigError(f"preset {preset} stopped before finishing.")
+    raise SessionFailed(f"preset {preset} stopped before finishing.")
 
 
 def effect_size(row: dict, base: dict, stat: str) -> float:

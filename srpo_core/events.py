@@ -70,6 +70,11 @@ class Finished:
 class Failed:
     error: str
     run_dir: Path | None = None
+    bad_input: bool = False  # the config or an input it names was refused (the CLI exits 2, else 1)
+
+
+class SessionFailed(RuntimeError):
+    """A session that ended with a Failed event, raised by callers that drive one to the end (the CLI exits 1)."""
 
 
 Event = Started | StepMetrics | Preview | Checkpoint | Finished | Failed

@@ -66,7 +66,7 @@ class Session:
         try:
             yield from self._run()
         except ConfigError as e:
-            yield self._fail(str(e))
+            yield self._fail(str(e), bad_input=True)
         except torch.OutOfMemoryError:
             yield self._fail("the GPU ran out of memory; the run so far is kept. Try a smaller preset "
                              "(flux-dev-80gb -> flux-dev-24gb), a lower resolution, or gradient_checkpointing=true.")
@@ -76,10 +76,10 @@ class Session:
             if self.processes is not None:
                 self.processes.close()
 
-    def _fail(self, message: str) -> Failed:
+    def _fail(self, message: str, bad_input: bool = False) -> Failed:
         if self.store:
             self.store.set_status("failed", error=message)
-        return Failed(message, self.store.dir if self.store else None)
+        return Failed(message, self.store.dir if self.store else None, bad_input)
 
     def _run(self):
         cfg = self.cfg
