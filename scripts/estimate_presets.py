@@ -26,7 +26,7 @@ SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24,
                    dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
 
 
-class Reward:  # weights only; the estimate reads `.model`
+class Reward:  # weights only; the estimate reads `.model` (PickScore is the same CLIP ViT-H-14 in transformers)
     def __init__(self):
         with torch.device("meta"):
             self.model = open_clip.create_model("ViT-H-14", pretrained=None, device="meta")
@@ -53,7 +53,7 @@ def meta_backend(family: str):
 
 
 def main():
-    for name in ("flux-dev-24gb", "flux-dev-80gb", "sd35-medium-16gb"):
+    for name in ("flux-dev-24gb", "flux-dev-80gb", "flux-dev-pickscore", "sd35-medium-16gb"):
         cfg = config.load(name)
         family = "flux" if cfg.backend == "flux" else "sd3"
         backend = meta_backend(family)
