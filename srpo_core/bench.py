@@ -50,7 +50,7 @@ class Floor:
         lo, hi = cfg.train_sigma_range
         self.grid = train_sigmas(lo, hi, cfg.train_grid_len).to(b.device)
         self.cells = dsigma_cells(cfg.train_grid_len, cfg.groundtruth_ratio)
-        self.rollout = sampling_sigmas(cfg.rollout_steps, cfg.shift).to(b.device)
+        self.rollout = sampling_sigmas(cfg.rollout_steps, cfg.shift or b.sampling_shift(cfg.resolution)).to(b.device)
         self.shape = b.latent_shape(cfg.resolution)
         self.sync = torch.cuda.synchronize if b.device.type == "cuda" else (lambda: None)
 

@@ -81,7 +81,10 @@ def flux_pipeline(seed: int = 0):
         transformer = FluxTransformer2DModel(
             patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
             joint_attention_dim=WIDTH, pooled_projection_dim=WIDTH, guidance_embeds=True, axes_dims_rope=(4, 6, 6))
-    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=parts["vae"],
+    # FLUX.1-dev's published scheduler configuration: a resolution-dependent shift
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(scheduler=scheduler, vae=parts["vae"],
                         text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], text_encoder_2=_t5(seed),
                         tokenizer_2=toy_tokenizer(), transformer=transformer)
 

@@ -33,8 +33,9 @@ class Context:
         dev = self.backend.device
         self.grid = train_sigmas(lo, hi, self.cfg.train_grid_len).to(dev)
         self.cells = dsigma_cells(self.cfg.train_grid_len, self.cfg.groundtruth_ratio)
-        self.rollout_grid = sampling_sigmas(self.cfg.rollout_steps, self.cfg.shift).to(dev)
-        self.sample_grid = sampling_sigmas(self.cfg.sample_steps, self.cfg.shift).to(dev)
+        self.shift = self.cfg.shift or self.backend.sampling_shift(self.cfg.resolution)
+        self.rollout_grid = sampling_sigmas(self.cfg.rollout_steps, self.shift).to(dev)
+        self.sample_grid = sampling_sigmas(self.cfg.sample_steps, self.shift).to(dev)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance: float) -> torch.Tensor:
         """The backend's velocity, fed the reference's floored timestep when the config asks for it."""

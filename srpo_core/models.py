@@ -143,12 +143,15 @@ def quantized_transformer(cls, path: Path, cfg: RunConfig, device: torch.device,
 
 
 def load_backend(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Backend:
+    # with free_text_encoders the encoders run once on the CPU and are dropped: they never take GPU memory
+    text_device = "cpu" if cfg.free_text_encoders else device
     if cfg.backend == "toy":
-        return assets.load("generator", lambda path: FluxBackend.from_pretrained(path, device, vae_mode=cfg.vae_decode))
+        return assets.load("generator", lambda path: FluxBackend.from_pretrained(path, device, vae_mode=cfg.vae_decode,
+                                                                                 text_device=text_device))
     if cfg.backend == "tiny":
         parts = fixtures.generator_parts()
         return FluxBackend(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"], device,
-                           vae_mode=cfg.vae_decode)
+                           vae_mode=cfg.vae_decode, text_device=text_device)
     path = resolve(cfg.model, "model")
     family, cls = FAMILIES[pipeline_family(path)]
     if family != cfg.backend:
@@ -158,7 +161,7 @@ def load_backend(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Ba
         from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
         model_cls = FluxTransformer2DModel if family == "flux" else SD3Transformer2DModel
         transformer = quantized_transformer(model_cls, path, cfg, device, dtype)
-    return cls.from_pretrained(path, device, dtype, transformer, cfg.max_sequence_length, cfg.vae_decode)
+    return cls.from_pretrained(path, device, dtype, transformer, cfg.max_sequence_length, cfg.vae_decode, text_device)
 
 
 def load_reward(cfg: RunConfig, device: torch.device) -> Reward:

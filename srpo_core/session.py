@@ -131,6 +131,7 @@ class Session:
         cfg, procs = self.cfg, self.processes
         derived = {"images_per_step": cfg.batch_size * cfg.grad_accum * procs.count, "processes": procs.count,
                    "micro_batches_per_step": cfg.grad_accum, "dsigma": round(cfg.dsigma, 5),
+                   "shift": round(self.ctx.shift, 4),
                    "trainable_params": sum(p.numel() for p in self.params), "prompts": len(self.prompts),
                    "device": str(self.ctx.backend.device), "mixed_precision": procs.accelerator.mixed_precision}
         if cfg.grad_accum > 1:

@@ -3,6 +3,7 @@ FluxPipeline / StableDiffusion3Pipeline directories, an HPS-format open_clip che
 CLIP directory. Loaded through the same code as FLUX.1-dev, SD3.5, HPSv2.1 and PickScore; nothing downloads."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -210,3 +211,18 @@ def test_gpu_presets_load_as_configs(preset):
     assert cfg.backend in ("flux", "sd3") and cfg.model and cfg.reward == "hpsv2.1"
     text = (config.PRESETS_DIR / f"{preset}.yaml").read_text()
     assert "estimated, not measured on GPU" in text
+
+
+def test_flux_shift_follows_the_scheduler_config_unless_pinned(fx, tmp_path):
+    """FLUX.1-dev's scheduler sets use_dynamic_shifting: exp(mu), mu = 0.5 + (1.15 - 0.5) (tokens - 256) / 3840."""
+    built = models.build(fixture_cfg(fx, "flux-clip", free_text_encoders=True))
+    backend = built.backend
+    assert backend.text_device.type == "cpu"  # free_text_encoders: encoders never go to the GPU
+    # worked by hand for FLUX.1-dev's 8x VAE: 512 px -> 32 x 32 packed tokens, 720 -> 45 x 45, 1024 -> 64 x 64
+    backend.vae_scale = 8
+    for resolution, shift in ((512, 1.8776), (720, 2.2243), (1024, 3.1582)):
+        assert backend.sampling_shift(resolution) == pytest.approx(shift, abs=1e-4)
+    events = run(fixture_cfg(fx, "flux-clip", shift=0.0), tmp_path)  # the tiny VAE is 2x: 32 px -> 64 tokens
+    assert events[0].derived["shift"] == pytest.approx(math.exp(0.5 + 0.65 * (64 - 256) / 3840), abs=1e-4)
+    assert run(fixture_cfg(fx, "flux-clip", shift=3.0), tmp_path)[0].derived["shift"] == 3.0
+    assert run(fixture_cfg(fx, "sd3-clip", shift=0.0), tmp_path)[0].derived["shift"] == 3.0  # SD3's fixed shift

@@ -29,6 +29,7 @@ class Backend(Protocol):
     def encode_prompts(self, prompts: list[str]) -> Cond: ...
     def free_text_encoders(self, keep_prompts: list[str]) -> None: ...
     def latent_shape(self, resolution: int) -> tuple[int, int, int]: ...
+    def sampling_shift(self, resolution: int) -> float: ...
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance: float) -> torch.Tensor: ...
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
     def encode_images(self, images: torch.Tensor) -> torch.Tensor: ...
@@ -40,10 +41,12 @@ class Backend(Protocol):
 
 
 class PromptCache:
-    """Per-prompt (embeds, pooled) of a frozen text stack; after `freeze` only cached prompts are served."""
+    """Per-prompt (embeds, pooled) of a frozen text stack, kept on `device` (the text encoders may run elsewhere);
+    after `freeze` only cached prompts are served."""
 
-    def __init__(self, encode):
+    def __init__(self, encode, device: torch.device):
         self._encode = encode  # list[str] -> (embeds (N, T, D), pooled (N, P))
+        self.device = device
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.frozen = False
 
@@ -55,7 +58,7 @@ class PromptCache:
                              "(free_text_encoders); add it to the prompt list or turn free_text_encoders off.")
         if missing:
             embeds, pooled = self._encode(missing)
-            self._cache.update((p, (e, q)) for p, e, q in zip(missing, embeds, pooled))
+            self._cache.update((p, (e.to(self.device), q.to(self.device))) for p, e, q in zip(missing, embeds, pooled))
         embeds, pooled = zip(*(self._cache[p] for p in prompts))
         return Cond(torch.stack(embeds), torch.stack(pooled))
 

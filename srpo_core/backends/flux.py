@@ -9,13 +9,17 @@ the 2x2 token packing happens inside `velocity`.
 from pathlib import Path
 
 import torch
+import math
+
 from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from transformers import AutoTokenizer, CLIPTextModel
 
 from ..tokens import unknown_words
 from .base import Cond, DiffusersBackend, PromptCache, configure_vae, guide, with_uncond
 
 MAX_SEQUENCE_LENGTH = 512  # FLUX.1-dev's T5 length (schnell uses 256)
+BUILT_IN_SHIFT = 3.0  # the tiny and toy models have no scheduler; the toy generator is trained and sampled at 3
 
 
 def encode_clip_text(text_encoder: CLIPTextModel, tokenizer, prompts: list[str], device: torch.device | str = "cpu"):
@@ -33,25 +37,27 @@ class FluxBackend(DiffusersBackend):
 
     def __init__(self, transformer: FluxTransformer2DModel, vae: AutoencoderKL, text_encoder, tokenizer,
                  device: str | torch.device = "cpu", pipe: FluxPipeline | None = None,
-                 max_sequence_length: int = MAX_SEQUENCE_LENGTH, vae_mode: str = "full"):
-        """`pipe` (a FluxPipeline sharing these modules) selects the real two-encoder layout."""
+                 max_sequence_length: int = MAX_SEQUENCE_LENGTH, vae_mode: str = "full", text_device=None):
+        """`pipe` (a FluxPipeline sharing these modules) selects the real two-encoder layout; `text_device` is where
+        the text encoders run (default `device`; the CPU keeps T5-XXL's 9.5 GB off the GPU)."""
         self.device = torch.device(device)
+        self.text_device = torch.device(text_device or device)
         # a bitsandbytes-quantized transformer is placed on the GPU when loaded and refuses .to()
         quantized = getattr(transformer, "is_quantized", False)
         self.transformer = transformer if quantized else transformer.to(self.device)
         self.vae = vae.to(self.device).requires_grad_(False).eval()
-        self.text_encoder = text_encoder.to(self.device).requires_grad_(False).eval()
+        self.text_encoder = text_encoder.to(self.text_device).requires_grad_(False).eval()
         self.tokenizer = tokenizer
         self.pipe = pipe
         if pipe is not None:
-            pipe.text_encoder_2.to(self.device).requires_grad_(False).eval()
+            pipe.text_encoder_2.to(self.text_device).requires_grad_(False).eval()
         self.transformer.requires_grad_(False)
         self.denoiser = self.transformer  # the module called in `velocity`; a session may swap in a DDP wrapper
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.vae_checkpointed = vae_mode == "checkpoint"
         configure_vae(self.vae, vae_mode)
         self.max_sequence_length = max_sequence_length
-        self.encode_prompts = PromptCache(self._encode_two if pipe is not None else self._encode_one)
+        self.encode_prompts = PromptCache(self._encode_two if pipe is not None else self._encode_one, self.device)
 
     @property
     def uses_cfg(self) -> bool:
@@ -62,7 +68,7 @@ class FluxBackend(DiffusersBackend):
     @classmethod
     def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
                         transformer: FluxTransformer2DModel | None = None, max_sequence_length: int = 0,
-                        vae_mode: str = "full") -> "FluxBackend":
+                        vae_mode: str = "full", text_device=None) -> "FluxBackend":
         """A FluxPipeline directory (model_index.json; text_encoder_2 = T5) or the tiny world's layout
         (transformer/, vae/, text_encoder/, tokenizer/). `transformer` replaces the stored one (quantized)."""
         path = Path(path)
@@ -70,10 +76,10 @@ class FluxBackend(DiffusersBackend):
         if (path / "model_index.json").is_file():
             pipe = FluxPipeline.from_pretrained(path, transformer=transformer, dtype=dtype)
             return cls(transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, device, pipe,
-                       max_sequence_length or MAX_SEQUENCE_LENGTH, vae_mode)
+                       max_sequence_length or MAX_SEQUENCE_LENGTH, vae_mode, text_device)
         return cls(transformer, AutoencoderKL.from_pretrained(path / "vae", dtype=dtype),
                    CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype),
-                   AutoTokenizer.from_pretrained(path / "tokenizer"), device, vae_mode=vae_mode)
+                   AutoTokenizer.from_pretrained(path / "tokenizer"), device, vae_mode=vae_mode, text_device=text_device)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the layout this backend was loaded from (FluxPipeline's own save for the real one)."""
@@ -86,14 +92,26 @@ class FluxBackend(DiffusersBackend):
         self.text_encoder.save_pretrained(path / "text_encoder")
         self.tokenizer.save_pretrained(path / "tokenizer")
 
+    def sampling_shift(self, resolution: int) -> float:
+        """The pipeline scheduler's shift: with `use_dynamic_shifting` (FLUX.1-dev) exp(mu), mu interpolated by the
+        image's token count as FluxPipeline does (1.88 at 512 px, 2.22 at 720, 3.16 at 1024), else its fixed one."""
+        sched = self.pipe.scheduler.config if self.pipe is not None else None
+        if sched is None:
+            return BUILT_IN_SHIFT
+        if not sched.get("use_dynamic_shifting"):
+            return float(sched.get("shift", 1.0))
+        tokens = (resolution // self.vae_scale // 2) ** 2  # 2x2-packed latent patches
+        return math.exp(calculate_shift(tokens, sched.get("base_image_seq_len", 256), sched.get("max_image_seq_len", 4096),
+                                        sched.get("base_shift", 0.5), sched.get("max_shift", 1.15)))
+
     def unknown_words(self, prompt: str) -> list[str]:
         return unknown_words(self.tokenizer, prompt)
 
     def _encode_one(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return encode_clip_text(self.text_encoder, self.tokenizer, prompts, self.device)
+        return encode_clip_text(self.text_encoder, self.tokenizer, prompts, self.text_device)
 
     def _encode_two(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        embeds, pooled, _ = self.pipe.encode_prompt(prompts, device=self.device,
+        embeds, pooled, _ = self.pipe.encode_prompt(prompts, device=self.text_device,
                                                     max_sequence_length=self.max_sequence_length)
         return embeds, pooled
 
