@@ -15,12 +15,12 @@ import torch
 
 from . import config, evaluate, srp
 from . import direct_align as da
-from .events import StepMetrics
+from .events import Failed, SessionFailed, StepMetrics
 from .lora import make_optimizer, make_trainable
 from .methods import branch_loss
-from .models import build
+from .models import Models, build
 from .schedule import draw, dsigma_cells, floor_timestep, sampling_sigmas, train_sigmas
-from .data import training_prompts
+from .data import kept_prompts, training_prompts
 from .session import Session
 
 
@@ -38,14 +38,15 @@ class Timer:
 
 
 class Floor:
-    """The SRPO step written out bare: no session, events, store, config lookups or recipes."""
+    """The SRPO step written out bare: no session, events, store, config lookups or recipes. Given `models` with the
+    session's trained `params` and optimizer, it times the phases of that session's step on the same weights."""
 
-    def __init__(self, cfg: config.RunConfig):
+    def __init__(self, cfg: config.RunConfig, models: Models | None = None, params=None, optimizer=None):
         self.cfg = cfg
-        self.models = build(cfg)
+        self.models = models or build(cfg)
         b = self.models.backend
-        self.params = make_trainable(b.transformer, cfg, b.lora_targets)
-        self.opt = make_optimizer(self.params, cfg)
+        self.params = params or make_trainable(b.transformer, cfg, b.lora_targets)
+        self.opt = optimizer or make_optimizer(self.params, cfg)
         self.prompts = training_prompts(cfg)
         lo, hi = cfg.train_sigma_range
         self.grid = train_sigmas(lo, hi, cfg.train_grid_len).to(b.device)
@@ -131,9 +132,9 @@ def _interleaved(session: Session, floor: Floor, steps: int, warmup: int):
     return session_s, floor_s, splits
 
 
-def _sampling_and_inspector(cfg: config.RunConfig, batch: int = 8, repeats: int = 3) -> dict:
-    sample_cfg = cfg.replace(sample_steps=20)
-    models = evaluate.load_models(sample_cfg)
+def _sampling_and_inspector(cfg: config.RunConfig, batch: int = 8, repeats: int = 3, models: Models | None = None) -> dict:
+    sample_cfg = cfg.replace(sample_steps=20) if models is None else cfg
+    models = models or evaluate.load_models(sample_cfg)
     prompts = training_prompts(cfg)[:batch]
     evaluate.generate(models, sample_cfg, prompts, 0)  # warm-up
     t0 = time.perf_counter()
@@ -151,3 +152,76 @@ def _sampling_and_inspector(cfg: config.RunConfig, batch: int = 8, repeats: int 
 def table(result: dict) -> str:
     width = max(map(len, result))
     return "\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in result.items())
+
+
+GB = 1024**3
+
+
+@contextmanager
+def _phase(name: str, out: dict, device: torch.device):
+    """Seconds and peak memory of a phase: CUDA's allocated / reserved peaks since the phase began, or on the CPU
+    the process's peak resident memory so far."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    yield
+    if cuda:
+        torch.cuda.synchronize(device)
+        out[name] = {"seconds": time.perf_counter() - t0, "peak_allocated_gb": torch.cuda.max_memory_allocated(device) / GB,
+                     "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / GB}
+    else:
+        out[name] = {"seconds": time.perf_counter() - t0,
+                     "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
+
+
+def run_full(preset: str, steps: int = 3, random_weights: bool = True, memory_cap_gb: float = 0.0,
+             overrides: list[str] = ()) -> dict:
+    """A preset at full size, measured: its models (random weights from the shipped configurations, or the real
+    ones), then the same Session as `train` for one warm-up and `steps` measured steps of one micro-batch each
+    (grad_accum 1; a reference-sized update is that times its images), the step's phases timed on the same
+    weights, and sampling. `memory_cap_gb` caps this process's CUDA memory (torch's per-process fraction), so a
+    "24 GB" preset proves it fits 24 GB on a larger card; on the CPU it has no effect."""
+    from .fullsize import build_random
+    from .models import pick_device
+    cfg = config.load(preset, [*overrides, f"steps={steps + 1}", "grad_accum=1", "preview_every=0", "checkpoint_every=0"])
+    device = pick_device(cfg.device)
+    result = {"preset": preset, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "random_weights": random_weights, "memory_cap_gb": memory_cap_gb or None, "resolution": cfg.resolution,
+              "quantization": cfg.quantization, "optimizer": cfg.optimizer, "date": time.strftime("%Y-%m-%d")}
+    if memory_cap_gb and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, memory_cap_gb * GB / total), device)
+    phases: dict[str, dict] = {}
+    keep = kept_prompts(cfg, training_prompts(cfg)) if cfg.free_text_encoders else None
+    with _phase("loading", phases, device):  # with free_text_encoders: text encoders, prompts cached, then transformer
+        models = build_random(cfg, keep) if random_weights else build(cfg, keep)
+    with tempfile.TemporaryDirectory(prefix="srpo-bench-") as scratch:
+        session = Session(cfg, scratch, preset, models=models)
+        events = iter(session)
+        with _phase("setup", phases, device):  # LoRA, optimizer, memory estimate (and prompt caching if not done)
+            started = next(events)
+        if isinstance(started, Failed):
+            raise SessionFailed(f"{preset}: {started.error}")
+        seconds = []
+        with _phase("training", phases, device):
+            for event in events:
+                if isinstance(event, Failed):
+                    raise SessionFailed(f"{preset}: {event.error}")
+                if isinstance(event, StepMetrics):
+                    seconds.append(event.record.seconds)
+    floor, rng = Floor(cfg, models, session.params, session.optimizer), random.Random(cfg.seed)
+    splits = [floor.step(i, rng) for i in range(2)][1:]  # the first warms up
+    micro = statistics.median(seconds[1:])
+    images = cfg.batch_size
+    result.update({
+        "memory_estimate_gb": started.derived["memory_estimate_gb"], "phases": phases,
+        "measured_training_peak_gb": phases["training"].get("peak_allocated_gb"),
+        "seconds_per_step": micro, "images_per_step": images, "steps_measured": len(seconds) - 1,
+        **{f"step_{k}_s": statistics.median(s.get(k, 0.0) for s in splits) for k in splits[0]},
+        # the reference's run: ~20 updates of 32 images; here one micro-batch of batch_size images at a time
+        "reference_run_hours": 20 * 32 / images * micro / 3600,
+    })
+    result.update(_sampling_and_inspector(cfg, batch=1, repeats=1, models=models))
+    return result

@@ -167,9 +167,15 @@ def cmd_fixtures(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import bench
-    if args.steps < 10:
+    if args.gpu:
+        if (args.steps or 3) < 2 or args.memory_cap_gb < 0:
+            raise ConfigError("--steps must be at least 2 and --memory-cap-gb 0 (no cap) or more with --gpu.")
+        result = bench.run_full(args.preset, args.steps or 3, args.random_weights, args.memory_cap_gb, args.set or [])
+        emit(result, args.json)
+        return 0
+    if (args.steps or 12) < 10:
         raise ConfigError(f"--steps must be at least 10 for a stable median (got {args.steps}).")
-    result = bench.run(args.preset, args.steps, args.warmup, args.compile)
+    result = bench.run(args.preset, args.steps or 12, args.warmup, args.compile)
     if not args.json:
         print(bench.table(result))
     else:
@@ -222,9 +228,16 @@ def build_parser() -> Parser:
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key of every tuning run (repeatable)")
     c.add_argument("--out", default="runs/compare", help="runs root; table.md and table.json are written there")
     c = command("bench", cmd_bench, "Seconds per SRPO step against a bare torch loop, sampling speed, inspector latency, memory.")
-    c.add_argument("--steps", type=int, default=12, help="measured steps (median; at least 10)")
+    c.add_argument("--steps", type=int, help="measured steps (median; default 12, at least 10; with --gpu default 3)")
     c.add_argument("--warmup", type=int, default=2)
     c.add_argument("--compile", action="store_true", help="torch.compile the session's transformer (the floor stays eager)")
+    c.add_argument("--gpu", action="store_true", help="measure the preset at full size: peak memory per phase, seconds "
+                                                      "per step and its split, sampling speed (on whatever device the "
+                                                      "preset runs; tiny and fixture presets run it on a CPU)")
+    c.add_argument("--random-weights", action="store_true", help="with --gpu: build the models from the shipped "
+                                                                 "configurations with random weights (no download)")
+    c.add_argument("--memory-cap-gb", type=float, default=0.0, help="with --gpu: cap this process's CUDA memory")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --gpu: override a config key (repeatable)")
     c = command("fixtures", cmd_fixtures, "Write tiny random models in the real on-disk formats.", preset=False)
     c.add_argument("--out", required=True)
     return p

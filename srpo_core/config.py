@@ -116,9 +116,9 @@ class RunConfig:
                                    "training", True)
     gradient_checkpointing: bool = _f(False, "Recompute transformer activations in backward (less memory, ~30% slower).",
                                       "memory")
-    free_text_encoders: bool = _f(False, "Encode the prompt list once on the CPU, then drop the text encoders: they never "
-                                         "take GPU memory (T5-XXL: 9.5 GB in bf16); no new prompts after launch.",
-                                  "memory", True)
+    free_text_encoders: bool = _f(False, "Encode the prompt list once while loading, then drop the text encoders before "
+                                         "the transformer goes to the GPU, so the two never share its memory (T5-XXL: "
+                                         "9.5 GB in bf16); no new prompts after launch.", "memory", True)
     vae_decode: VaeDecode = _f("full", "Reward-path VAE decode: full, checkpoint (recompute in backward), tiled or "
                                        "sliced.", "memory", True)
     # lora

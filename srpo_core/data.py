@@ -33,6 +33,11 @@ def training_prompts(cfg: RunConfig) -> list[str]:
     return cfg.prompts or (train_prompts() if cfg.backend == "toy" else default_prompts())
 
 
+def kept_prompts(cfg: RunConfig, prompts: list[str]) -> list[str]:
+    """What a session encodes before freeing the text encoders: its prompts and its preview prompt."""
+    return prompts + [cfg.preview_prompt or prompts[0]]
+
+
 def load_images(folder: str | Path, resolution: int) -> torch.Tensor:
     """Every image in a folder, center-cropped and resized to resolution: (N, 3, R, R) in [0, 1]."""
     folder = Path(folder)

@@ -142,16 +142,16 @@ def quantized_transformer(cls, path: Path, cfg: RunConfig, device: torch.device,
     return cls.from_pretrained(path, subfolder="transformer", quantization_config=q, dtype=dtype)
 
 
-def load_backend(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Backend:
-    # with free_text_encoders the encoders run once on the CPU and are dropped: they never take GPU memory
-    text_device = "cpu" if cfg.free_text_encoders else device
+def load_backend(cfg: RunConfig, device: torch.device, dtype: torch.dtype, keep_prompts: list[str] | None = None) -> Backend:
+    """The generator; with `keep_prompts` (free_text_encoders) its text encoders encode them and are dropped before
+    the transformer goes to the device."""
     if cfg.backend == "toy":
         return assets.load("generator", lambda path: FluxBackend.from_pretrained(path, device, vae_mode=cfg.vae_decode,
-                                                                                 text_device=text_device))
+                                                                                 keep_prompts=keep_prompts))
     if cfg.backend == "tiny":
         parts = fixtures.generator_parts()
         return FluxBackend(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"], device,
-                           vae_mode=cfg.vae_decode, text_device=text_device)
+                           vae_mode=cfg.vae_decode, keep_prompts=keep_prompts)
     path = resolve(cfg.model, "model")
     family, cls = FAMILIES[pipeline_family(path)]
     if family != cfg.backend:
@@ -161,7 +161,7 @@ def load_backend(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Ba
         from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
         model_cls = FluxTransformer2DModel if family == "flux" else SD3Transformer2DModel
         transformer = quantized_transformer(model_cls, path, cfg, device, dtype)
-    return cls.from_pretrained(path, device, dtype, transformer, cfg.max_sequence_length, cfg.vae_decode, text_device)
+    return cls.from_pretrained(path, device, dtype, transformer, cfg.max_sequence_length, cfg.vae_decode, keep_prompts)
 
 
 def load_reward(cfg: RunConfig, device: torch.device) -> Reward:
@@ -190,10 +190,11 @@ def _reward(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Reward:
                                       tokenizer=resolve(tokenizer, "reward_tokenizer") if tokenizer else None)
 
 
-def build(cfg: RunConfig) -> Models:
+def build(cfg: RunConfig, keep_prompts: list[str] | None = None) -> Models:
+    """The config's generator and reward (and the toy world's judge); `keep_prompts`: see `load_backend`."""
     device = pick_device(cfg.device)
     dtype = weights_dtype(cfg, device)
-    backend = load_backend(cfg, device, dtype)
+    backend = load_backend(cfg, device, dtype, keep_prompts)
     if cfg.gradient_checkpointing:
         backend.transformer.enable_gradient_checkpointing()
     judge = None

@@ -15,7 +15,7 @@ import torch
 
 from . import memory, methods, srp
 from .config import ConfigError, RunConfig
-from .data import load_images, training_prompts
+from .data import kept_prompts, load_images, training_prompts
 from .events import Checkpoint, Event, Failed, Finished, Preview, Started, StepMetrics, StepRecord
 from .lora import make_lr_scheduler, make_optimizer, make_trainable, tuned_state_dict
 from .models import Models, build, pick_device
@@ -114,10 +114,11 @@ class Session:
         images = load_images(cfg.images_dir, cfg.resolution) if cfg.images_dir else None
         torch.manual_seed(cfg.seed)
         self.processes = Processes(cfg, pick_device(cfg.device))
-        self.models = self.models or build(cfg)
+        keep = kept_prompts(cfg, self.prompts) if cfg.free_text_encoders else None
+        self.models = self.models or build(cfg, keep)  # built with keep: encoders already dropped before the transformer
         backend = self.models.backend
-        if cfg.free_text_encoders:
-            backend.free_text_encoders(self.prompts + [cfg.preview_prompt or self.prompts[0]])
+        if keep and not backend.encode_prompts.frozen:  # models built by the caller
+            backend.free_text_encoders(keep)
         self.params = self.processes.prepare(backend, make_trainable(backend.transformer, cfg, backend.lora_targets))
         if cfg.compile_transformer:
             backend.denoiser = torch.compile(backend.denoiser)

@@ -215,9 +215,9 @@ def test_gpu_presets_load_as_configs(preset):
 
 def test_flux_shift_follows_the_scheduler_config_unless_pinned(fx, tmp_path):
     """FLUX.1-dev's scheduler sets use_dynamic_shifting: exp(mu), mu = 0.5 + (1.15 - 0.5) (tokens - 256) / 3840."""
-    built = models.build(fixture_cfg(fx, "flux-clip", free_text_encoders=True))
-    backend = built.backend
-    assert backend.text_device.type == "cpu"  # free_text_encoders: encoders never go to the GPU
+    backend = models.build(fixture_cfg(fx, "flux-clip"), keep_prompts=[PROMPT]).backend
+    # free_text_encoders: the prompts were encoded and the encoders dropped while loading, before the transformer
+    assert backend.encode_prompts.frozen and backend.text_encoder is None and backend.pipe.text_encoder_2 is None
     # worked by hand for FLUX.1-dev's 8x VAE: 512 px -> 32 x 32 packed tokens, 720 -> 45 x 45, 1024 -> 64 x 64
     backend.vae_scale = 8
     for resolution, shift in ((512, 1.8776), (720, 2.2243), (1024, 3.1582)):

@@ -41,12 +41,10 @@ class Backend(Protocol):
 
 
 class PromptCache:
-    """Per-prompt (embeds, pooled) of a frozen text stack, kept on `device` (the text encoders may run elsewhere);
-    after `freeze` only cached prompts are served."""
+    """Per-prompt (embeds, pooled) of a frozen text stack; after `freeze` only cached prompts are served."""
 
-    def __init__(self, encode, device: torch.device):
+    def __init__(self, encode):
         self._encode = encode  # list[str] -> (embeds (N, T, D), pooled (N, P))
-        self.device = device
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.frozen = False
 
@@ -58,13 +56,21 @@ class PromptCache:
                              "(free_text_encoders); add it to the prompt list or turn free_text_encoders off.")
         if missing:
             embeds, pooled = self._encode(missing)
-            self._cache.update((p, (e.to(self.device), q.to(self.device))) for p, e, q in zip(missing, embeds, pooled))
+            self._cache.update((p, (e, q)) for p, e, q in zip(missing, embeds, pooled))
         embeds, pooled = zip(*(self._cache[p] for p in prompts))
         return Cond(torch.stack(embeds), torch.stack(pooled))
 
     def freeze(self, keep_prompts: list[str]) -> None:
         self(keep_prompts)
         self.frozen = True
+
+
+def place_transformer(transformer: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move the transformer to the device, unless bitsandbytes already placed it (quantized weights refuse .to()) or
+    its weights are still to come (meta: `fullsize` fills them in place)."""
+    if getattr(transformer, "is_quantized", False) or next(transformer.parameters()).device.type == "meta":
+        return transformer
+    return transformer.to(device)
 
 
 def with_uncond(encode_prompts: PromptCache, x: torch.Tensor, sigma: torch.Tensor, cond: Cond):

@@ -16,7 +16,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from transformers import AutoTokenizer, CLIPTextModel
 
 from ..tokens import unknown_words
-from .base import Cond, DiffusersBackend, PromptCache, configure_vae, guide, with_uncond
+from .base import Cond, DiffusersBackend, PromptCache, configure_vae, guide, place_transformer, with_uncond
 
 MAX_SEQUENCE_LENGTH = 512  # FLUX.1-dev's T5 length (schnell uses 256)
 BUILT_IN_SHIFT = 3.0  # the tiny and toy models have no scheduler; the toy generator is trained and sampled at 3
@@ -37,27 +37,28 @@ class FluxBackend(DiffusersBackend):
 
     def __init__(self, transformer: FluxTransformer2DModel, vae: AutoencoderKL, text_encoder, tokenizer,
                  device: str | torch.device = "cpu", pipe: FluxPipeline | None = None,
-                 max_sequence_length: int = MAX_SEQUENCE_LENGTH, vae_mode: str = "full", text_device=None):
-        """`pipe` (a FluxPipeline sharing these modules) selects the real two-encoder layout; `text_device` is where
-        the text encoders run (default `device`; the CPU keeps T5-XXL's 9.5 GB off the GPU)."""
+                 max_sequence_length: int = MAX_SEQUENCE_LENGTH, vae_mode: str = "full",
+                 keep_prompts: list[str] | None = None):
+        """`pipe` (a FluxPipeline sharing these modules) selects the real two-encoder layout. With `keep_prompts`
+        the text encoders encode those prompts and are dropped before the transformer goes to the device, so T5-XXL
+        and the transformer never share GPU memory (`free_text_encoders`)."""
         self.device = torch.device(device)
-        self.text_device = torch.device(text_device or device)
-        # a bitsandbytes-quantized transformer is placed on the GPU when loaded and refuses .to()
-        quantized = getattr(transformer, "is_quantized", False)
-        self.transformer = transformer if quantized else transformer.to(self.device)
+        self.transformer = transformer
         self.vae = vae.to(self.device).requires_grad_(False).eval()
-        self.text_encoder = text_encoder.to(self.text_device).requires_grad_(False).eval()
+        self.text_encoder = text_encoder.to(self.device).requires_grad_(False).eval()
         self.tokenizer = tokenizer
         self.pipe = pipe
         if pipe is not None:
-            pipe.text_encoder_2.to(self.text_device).requires_grad_(False).eval()
-        self.transformer.requires_grad_(False)
-        self.denoiser = self.transformer  # the module called in `velocity`; a session may swap in a DDP wrapper
+            pipe.text_encoder_2.to(self.device).requires_grad_(False).eval()
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.vae_checkpointed = vae_mode == "checkpoint"
         configure_vae(self.vae, vae_mode)
         self.max_sequence_length = max_sequence_length
-        self.encode_prompts = PromptCache(self._encode_two if pipe is not None else self._encode_one, self.device)
+        self.encode_prompts = PromptCache(self._encode_two if pipe is not None else self._encode_one)
+        if keep_prompts is not None:
+            self.free_text_encoders(keep_prompts)
+        self.transformer = place_transformer(transformer, self.device).requires_grad_(False)
+        self.denoiser = self.transformer  # the module called in `velocity`; a session may swap in a DDP wrapper
 
     @property
     def uses_cfg(self) -> bool:
@@ -68,7 +69,7 @@ class FluxBackend(DiffusersBackend):
     @classmethod
     def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
                         transformer: FluxTransformer2DModel | None = None, max_sequence_length: int = 0,
-                        vae_mode: str = "full", text_device=None) -> "FluxBackend":
+                        vae_mode: str = "full", keep_prompts: list[str] | None = None) -> "FluxBackend":
         """A FluxPipeline directory (model_index.json; text_encoder_2 = T5) or the tiny world's layout
         (transformer/, vae/, text_encoder/, tokenizer/). `transformer` replaces the stored one (quantized)."""
         path = Path(path)
@@ -76,10 +77,10 @@ class FluxBackend(DiffusersBackend):
         if (path / "model_index.json").is_file():
             pipe = FluxPipeline.from_pretrained(path, transformer=transformer, dtype=dtype)
             return cls(transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, device, pipe,
-                       max_sequence_length or MAX_SEQUENCE_LENGTH, vae_mode, text_device)
+                       max_sequence_length or MAX_SEQUENCE_LENGTH, vae_mode, keep_prompts)
         return cls(transformer, AutoencoderKL.from_pretrained(path / "vae", dtype=dtype),
                    CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype),
-                   AutoTokenizer.from_pretrained(path / "tokenizer"), device, vae_mode=vae_mode, text_device=text_device)
+                   AutoTokenizer.from_pretrained(path / "tokenizer"), device, vae_mode=vae_mode, keep_prompts=keep_prompts)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the layout this backend was loaded from (FluxPipeline's own save for the real one)."""
@@ -108,10 +109,10 @@ class FluxBackend(DiffusersBackend):
         return unknown_words(self.tokenizer, prompt)
 
     def _encode_one(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return encode_clip_text(self.text_encoder, self.tokenizer, prompts, self.text_device)
+        return encode_clip_text(self.text_encoder, self.tokenizer, prompts, self.device)
 
     def _encode_two(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        embeds, pooled, _ = self.pipe.encode_prompt(prompts, device=self.text_device,
+        embeds, pooled, _ = self.pipe.encode_prompt(prompts, device=self.device,
                                                     max_sequence_length=self.max_sequence_length)
         return embeds, pooled
 

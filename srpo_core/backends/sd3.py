@@ -12,7 +12,7 @@ import torch
 from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
 from ..tokens import unknown_words
-from .base import Cond, DiffusersBackend, PromptCache, configure_vae, guide, with_uncond
+from .base import Cond, DiffusersBackend, PromptCache, configure_vae, guide, place_transformer, with_uncond
 
 MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default T5 length
 
@@ -24,34 +24,34 @@ class SD3Backend(DiffusersBackend):
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
     def __init__(self, pipe: StableDiffusion3Pipeline, device: str | torch.device = "cpu",
-                 max_sequence_length: int = MAX_SEQUENCE_LENGTH, vae_mode: str = "full", text_device=None):
-        """`text_device`: where the three text encoders run (default `device`; the CPU keeps T5-XXL off the GPU)."""
+                 max_sequence_length: int = MAX_SEQUENCE_LENGTH, vae_mode: str = "full",
+                 keep_prompts: list[str] | None = None):
+        """With `keep_prompts` the three text encoders encode those prompts and are dropped before the transformer
+        goes to the device (`free_text_encoders`)."""
         self.device = torch.device(device)
-        self.text_device = torch.device(text_device or device)
         self.pipe = pipe
-        quantized = getattr(pipe.transformer, "is_quantized", False)  # bitsandbytes weights refuse .to()
-        self.transformer = pipe.transformer if quantized else pipe.transformer.to(self.device)
-        self.transformer.requires_grad_(False)
-        self.denoiser = self.transformer  # the module called in `velocity`; a session may swap in a DDP wrapper
-        pipe.vae.to(self.device).requires_grad_(False).eval()
-        for module in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
-            module.to(self.text_device).requires_grad_(False).eval()
+        for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
+            module.to(self.device).requires_grad_(False).eval()
         self.vae = pipe.vae
         self.tokenizer = pipe.tokenizer
         self.vae_scale = pipe.vae_scale_factor
         self.vae_checkpointed = vae_mode == "checkpoint"
         configure_vae(self.vae, vae_mode)
         self.max_sequence_length = max_sequence_length
-        self.encode_prompts = PromptCache(self._encode, self.device)
+        self.encode_prompts = PromptCache(self._encode)
+        if keep_prompts is not None:
+            self.free_text_encoders(keep_prompts)
+        self.transformer = place_transformer(pipe.transformer, self.device).requires_grad_(False)
+        self.denoiser = self.transformer  # the module called in `velocity`; a session may swap in a DDP wrapper
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
                         transformer: SD3Transformer2DModel | None = None, max_sequence_length: int = 0,
-                        vae_mode: str = "full", text_device=None) -> "SD3Backend":
+                        vae_mode: str = "full", keep_prompts: list[str] | None = None) -> "SD3Backend":
         """A StableDiffusion3Pipeline directory; `transformer` replaces the stored one (quantized)."""
         kw = {"transformer": transformer} if transformer is not None else {}
         pipe = StableDiffusion3Pipeline.from_pretrained(path, dtype=dtype, **kw)
-        return cls(pipe, device, max_sequence_length or MAX_SEQUENCE_LENGTH, vae_mode, text_device)
+        return cls(pipe, device, max_sequence_length or MAX_SEQUENCE_LENGTH, vae_mode, keep_prompts)
 
     def sampling_shift(self, resolution: int) -> float:
         """The scheduler's fixed shift (3.0 for SD3 / SD3.5)."""
@@ -61,7 +61,7 @@ class SD3Backend(DiffusersBackend):
         return unknown_words(self.tokenizer, prompt)
 
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        embeds, _, pooled, _ = self.pipe.encode_prompt(prompts, None, None, device=self.text_device,
+        embeds, _, pooled, _ = self.pipe.encode_prompt(prompts, None, None, device=self.device,
                                                        do_classifier_free_guidance=False,
                                                        max_sequence_length=self.max_sequence_length)
         return embeds, pooled
