@@ -814,5 +814,13 @@ def main(argv: list[str] | None = None) -> None:
     demo.block_thread()
 
 
+def __getattr__(name: str):
+    """`app.demo`, built on first access: gradio's reload mode (`gradio app.py`, and Spaces in dev mode) looks for a
+    module-level `demo`; building it lazily keeps importing this module free of models and state."""
+    if name == "demo":
+        return build_demo(os.environ.get("SRPO_PRESET", config.DEFAULT_PRESET), os.environ.get("SRPO_RUNS_DIR", "runs"))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 if __name__ == "__main__":
     main()
