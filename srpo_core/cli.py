@@ -1,4 +1,4 @@
-"""Headless commands: train, sample, recover, score, eval, compare, fixtures, bench.
+"""Headless commands: train, sample, recover, score, eval, compare, export, fixtures, bench.
 
 With --json a command prints one JSON object as the last line of stdout. Bad input prints one line
 on stderr and exits 2; a run that fails prints one line and exits 1.
@@ -157,6 +157,13 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+    path = export(args.run, args.format, args.out)
+    emit({"path": str(path), "format": args.format}, args.json)
+    return 0
+
+
 def cmd_fixtures(args) -> int:
     from .fixtures import write_fixtures
     from .store import check_writable
@@ -238,6 +245,11 @@ def build_parser() -> Parser:
                                                                  "configurations with random weights (no download)")
     c.add_argument("--memory-cap-gb", type=float, default=0.0, help="with --gpu: cap this process's CUDA memory")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --gpu: override a config key (repeatable)")
+    c = command("export", cmd_export, "Write a run's LoRA as diffusers or kohya (fluxgym, ComfyUI, Forge) safetensors.",
+                preset=False)
+    c.add_argument("run", help="a run directory")
+    c.add_argument("--format", default="kohya", help="diffusers or kohya (default: kohya)")
+    c.add_argument("--out", help="output file (default: RUN/lora_<format>.safetensors)")
     c = command("fixtures", cmd_fixtures, "Write tiny random models in the real on-disk formats.", preset=False)
     c.add_argument("--out", required=True)
     return p
