@@ -126,10 +126,11 @@ class Lab:
 
     # runs
     def run_dir(self, name: str) -> Path:
-        path = self.runs_dir / name
-        if not name or path.resolve().parent != self.runs_dir.resolve() or not (path / "config.json").is_file():
-            raise ConfigError(f"{name!r} is not a run in {self.runs_dir}; pick one from the list.")
-        return path
+        """The one canonical directory a run name resolves to ("<run>/" and "./<run>" are "<run>"), or a refusal."""
+        path = (self.runs_dir / name).resolve() if name and "\0" not in name else None
+        if path is None or path.parent != self.runs_dir.resolve() or not (path / "config.json").is_file():
+            raise ConfigError(f"{name!r} is not a run in the runs folder; pick one from the list.")
+        return self.runs_dir / path.name
 
     def is_live(self, name: str) -> bool:
         """Training now, here or in another process (a CLI run writes the same status.json)."""
@@ -161,6 +162,7 @@ class Lab:
         return ([("base model", BASE)] if with_base else []) + rows
 
     def stop(self, name: str) -> None:
+        name = self.run_dir(name).name
         live = self._live.get(name)
         if live is None:
             raise ConfigError(f"run {name} is not training in this app, so there is nothing here to stop.")
@@ -168,6 +170,7 @@ class Lab:
 
     def delete(self, name: str) -> None:
         path = self.run_dir(name)
+        name = path.name  # every check below sees the canonical name, however the caller spelled it
         if self.is_live(name):
             raise ConfigError(f"run {name} is still training; stop it first, then delete it.")
         shutil.rmtree(path)

@@ -97,7 +97,14 @@ class RunStore:
         return self.dir.name
 
     def config(self) -> RunConfig:
-        return from_dict(json.loads((self.dir / CONFIG).read_text(encoding="utf-8")))
+        """The run's resolved config; a damaged config.json is a one-sentence ConfigError naming the run."""
+        try:
+            data = json.loads((self.dir / CONFIG).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise ConfigError(f"run {self.name} has an unreadable {CONFIG}; it is damaged (replay or delete the run).") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"run {self.name}'s {CONFIG} is not a JSON object of config keys; it is damaged.")
+        return from_dict(data)
 
     def append_metrics(self, record: StepRecord) -> None:
         with open(self.dir / METRICS, "a", encoding="utf-8") as f:
