@@ -40,6 +40,9 @@ UPPER_BOUNDS = {"resolution": 2048, "batch_size": 64, "rollout_steps": 1000, "sa
                 "grad_accum": 1024, "train_grid_len": 100_000}
 
 
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; images add their index to a seed
+
+
 class ConfigError(ValueError):
     """A bad config value or key; the message is one sentence naming the allowed values."""
 
@@ -167,6 +170,8 @@ class RunConfig:
         for name, most in UPPER_BOUNDS.items():
             if getattr(self, name) > most:
                 raise ConfigError(f"{name} must be at most {most} (got {getattr(self, name)}).")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an integer in 0..{MAX_SEED} (got {self.seed}).")
         if self.resolution % 16:
             raise ConfigError(f"resolution must be a multiple of 16, the VAE's downsampling times FLUX's 2x2 packing (got {self.resolution}).")
         for name in ["shift", "weight_decay", "grad_clip", "max_sequence_length", "lora_dropout", "warmup_steps", "preview_every", "checkpoint_every"]:

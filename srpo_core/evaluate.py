@@ -9,7 +9,7 @@ from torchvision.utils import make_grid
 
 from . import direct_align as da
 from . import methods, srp
-from .config import ConfigError, RunConfig
+from .config import MAX_SEED, ConfigError, RunConfig
 from .models import Models, build
 from .store import CONFIG, RunStore
 
@@ -51,10 +51,16 @@ def _ctx(models: Models, cfg: RunConfig) -> methods.Context:
 
 def generate(models: Models, cfg: RunConfig, prompts: list[str], seed: int) -> torch.Tensor:
     """Images (B, 3, R, R) in [0, 1]: no-grad rollouts, prompt i with noise seed `seed + i`."""
+    check_seed(seed, len(prompts))
     ctx = _ctx(models, cfg)
     noise = torch.cat([ctx.noise(1, torch.Generator().manual_seed(seed + i)) for i in range(len(prompts))])
     with torch.no_grad():
         return models.backend.decode(methods.sample(ctx, models.backend.encode_prompts(prompts), noise))
+
+
+def check_seed(seed: int, images: int = 1) -> None:
+    if not 0 <= seed <= MAX_SEED - images:
+        raise ConfigError(f"seed must be an integer in 0..{MAX_SEED - images} (got {seed}).")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -82,6 +88,7 @@ def recover(models: Models, cfg: RunConfig, prompt: str, seed: int, sigmas: list
     Returns the PSNR table (dB against the decoded clean sample) and a grid image (3, H, W) whose
     rows are noisy / one-step / Direct-Align and whose columns follow `sigmas`.
     """
+    check_seed(seed)
     ctx, backend = _ctx(models, cfg), models.backend
     cond = backend.encode_prompts([require_prompt(prompt)])
     eps = ctx.noise(1, torch.Generator().manual_seed(seed))

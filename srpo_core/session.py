@@ -96,6 +96,9 @@ class Session:
                 self.store.append_metrics(records[-1])
                 self.store.set_status("running", step=step)
             yield StepMetrics(step, cfg.steps, records[-1])
+            if records[-1].loss is None:  # diverged: every process sees the same reduced loss and stops here
+                yield self._fail(f"loss became NaN at step {step}; lower lr (it is {cfg.lr:g}) or grad_clip.")
+                return
             if self._due(cfg.preview_every, step):
                 path = self._preview(step)
                 if self.store:

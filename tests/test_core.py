@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from srpo_core import config, evaluate
+from srpo_core.config import ConfigError
 from srpo_core.events import Checkpoint, Failed, Finished, Started, StepMetrics
 from srpo_core.session import Session
 from srpo_core.store import RunStore, list_runs
@@ -271,3 +272,39 @@ def test_flux_without_guidance_embedding_gets_classifier_free_guidance():
         guided = backend.velocity(x, sigma, cond, 3.0)
     assert not torch.allclose(v_c, v_u, atol=1e-4)
     assert torch.allclose(guided, v_u + 3.0 * (v_c - v_u), atol=1e-5)
+
+
+def test_a_diverging_run_stops_in_one_line_and_keeps_its_directory(tmp_path):
+    events = list(Session(tiny(steps=6, preview_every=0, lr=1e30, grad_clip=0), tmp_path))
+    failed = events[-1]
+    assert isinstance(failed, Failed) and failed.error.startswith("loss became NaN at step ")
+    assert "lower lr" in failed.error and not failed.bad_input
+    store = RunStore(failed.run_dir)
+    rows = [json.loads(line) for line in (store.dir / "metrics.jsonl").read_text().splitlines()]  # standard JSON
+    assert rows[-1]["loss"] is None and len(rows) == int(failed.error.split("step ")[1].split(";")[0])
+    assert store.status()["state"] == "failed"
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda p: p.write_bytes(p.read_bytes()[:100]), "is not a readable safetensors LoRA file"),
+    (lambda p: p.write_bytes(b"\x80\x04K\x01."), "is not a readable safetensors LoRA file"),  # a pickle
+    (lambda p: save_file({k: v * float("nan") for k, v in load_file(p).items()}, p), "holds NaN or infinite values"),
+    (lambda p: save_file({k.replace("transformer_blocks", "joint_blocks"): v for k, v in load_file(p).items()}, p),
+     "was made for another model"),
+    (lambda p: save_file({k: v[:, :1].contiguous() if "lora_A" in k else v for k, v in load_file(p).items()}, p),
+     "does not fit"),
+])
+def test_a_damaged_or_foreign_lora_is_refused_in_one_sentence(tmp_path, damage, needle):
+    cfg = tiny(steps=1, preview_every=0)
+    run_dir = list(Session(cfg, tmp_path))[-1].run_dir
+    damage(run_dir / "pytorch_lora_weights.safetensors")
+    with pytest.raises(ConfigError, match=needle) as err:
+        evaluate.load_models(cfg, run_dir)
+    assert "\n" not in str(err.value) and str(tmp_path) not in str(err.value)
+
+
+def test_seeds_outside_64_bits_are_refused():
+    with pytest.raises(ConfigError, match=r"seed must be an integer in 0\.\."):
+        config.load("tiny", ["seed=1180591620717411303424"])
+    with pytest.raises(ConfigError, match=r"seed must be an integer in 0\.\."):
+        evaluate.generate(evaluate.load_models(tiny()), tiny(), [PROMPT], -1)

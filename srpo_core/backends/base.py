@@ -8,6 +8,7 @@ from typing import Protocol
 import torch
 from accelerate.utils import load_checkpoint_in_model
 from huggingface_hub import save_torch_state_dict
+from safetensors.torch import load_file
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigError
@@ -113,6 +114,11 @@ def vae_encode(vae, images: torch.Tensor) -> torch.Tensor:
     return (z.float() - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
 
 
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:160] if text else type(error).__name__
+
+
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 FULL_WEIGHTS = "diffusion_pytorch_model{suffix}.safetensors"  # diffusers' names, so from_pretrained reads the folder
 
@@ -144,8 +150,24 @@ class DiffusersBackend:
         return Path(directory) / LORA_WEIGHTS
 
     def load_lora(self, path: Path) -> None:
+        """Load a LoRA file of `save_lora`'s format; one that is damaged, holds non-finite values or was made for
+        another model is refused in one sentence (diffusers would skip keys it cannot place, with a warning)."""
         path = Path(path)
-        self.transformer.load_lora_adapter(str(path.parent), weight_name=path.name, prefix="transformer")
+        try:
+            state = load_file(path)
+        except Exception as e:  # safetensors raises its own types for a truncated, foreign or oversized header
+            raise ConfigError(f"{path.name} is not a readable safetensors LoRA file ({_first_line(e)}).") from None
+        layers = {name for name, _ in self.transformer.named_modules()}
+        foreign = [k for k in state if k.removeprefix("transformer.").rsplit(".lora_", 1)[0] not in layers]
+        if not state or foreign:
+            raise ConfigError(f"{path.name} was made for another model: "
+                              f"{repr(foreign[0]) + ' matches no layer of this transformer' if foreign else 'it holds no tensors'}.")
+        if not all(torch.isfinite(v).all() for v in state.values()):
+            raise ConfigError(f"{path.name} holds NaN or infinite values (a run that diverged); it cannot tune a model.")
+        try:
+            self.transformer.load_lora_adapter(str(path.parent), weight_name=path.name, prefix="transformer")
+        except Exception as e:  # shapes that do not fit this model's layers
+            raise ConfigError(f"{path.name} does not fit this model ({_first_line(e)}).") from None
 
     def save_full(self, directory: Path, state_dict: dict) -> Path:
         """A whole transformer as a diffusers model folder (config.json + safetensors shards + index), which
