@@ -138,8 +138,12 @@ class Lab:
             return True
         status = RunStore(self.runs_dir / name).status()
         pid = status.get("pid")
-        if status.get("state") != "running" or not pid or pid == os.getpid():
+        if status.get("state") not in ("starting", "running") or not pid:
             return False
+        if pid == os.getpid():
+            # this process's running sessions are in _live; one still starting (run directory written, first event
+            # not yet out) is live too: a session that fails marks its run failed
+            return status.get("state") == "starting"
         try:
             os.kill(pid, 0)
         except (ProcessLookupError, PermissionError):
@@ -148,7 +152,7 @@ class Lab:
 
     def state(self, name: str) -> str:
         state = RunStore(self.runs_dir / name).status().get("state", "unknown")
-        return "interrupted" if state == "running" and not self.is_live(name) else state
+        return "interrupted" if state in ("starting", "running") and not self.is_live(name) else state
 
     def run_choices(self, with_base: bool = False) -> list[tuple[str, str]]:
         rows = []
@@ -562,6 +566,17 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
         return (gr.Dropdown(choices=runs, value=pick), gr.Dropdown(choices=with_base),
                 gr.Dropdown(choices=with_base), gr.Dropdown(choices=with_base))
 
+    def after_session(run: str):
+        """A session ended: every run list learns of it (the Runs tab shows it), and Tune offers the comparison with
+        the base model."""
+        return (*refresh_lists(run), gr.Button(visible=bool(run)))
+
+    def slider_pair(a, b):
+        return crisp(a), crisp(b)
+
+    def compare_with_base(run: str):
+        return gr.Tabs(selected="compare"), gr.Dropdown(value=BASE), gr.Dropdown(value=run)
+
     def show_run(name: str | None):
         if not name:
             return "No runs yet: launch one in Tune.", curves_figure([]), [], {}, None, gr.Timer(active=False)
@@ -581,7 +596,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                    if state == "interrupted" else ""))
         weights = store.weights_path(run_cfg)
         files = sorted(map(str, weights.glob("*"))) if weights.is_dir() else [str(weights)] if weights.is_file() else None
-        return text, curves_figure(rows), previews, cfg, files, gr.Timer(active=state == "running")
+        return text, curves_figure(rows), previews, cfg, files, gr.Timer(active=state in ("starting", "running"))
 
     def ask_delete(name: str | None):
         try:
@@ -609,7 +624,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
         tab_state = gr.State(TabState(), delete_callback=TabState.release)
         gr.Markdown(f"# SRPO Studio\nDirect-Align / SRPO preference tuning · model world: `{preset}` · "
                     f"runs in `{runs_dir}`")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Control words", id="words"):
                 with gr.Row():
                     with gr.Column(scale=2):
@@ -677,12 +692,13 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                 overrides_code = gr.Code("{}", language="json", label="Overrides of the preset sent to /train",
                                          interactive=False, max_lines=12)
                 run_name = gr.Textbox(label="Run", interactive=False)
+                compare_base_btn = gr.Button("Compare this run with the base model", visible=False)
                 progress = gr.Markdown("Press Launch to start a session.", elem_id="tune-progress")
                 tune_plot = gr.Plot(label="Curves", elem_id="tune-curves")
                 tune_gallery = gr.Gallery(label="Previews", columns=8, height=180, object_fit="contain",
                                           elem_id="tune-previews", elem_classes="pixels")
 
-            with gr.Tab("Recoveries", id="recoveries"):
+            with gr.Tab("Recoveries", id="recoveries") as rec_tab:
                 gr.Markdown("One clean sample, noised to each sigma; rows: noisy state, naive one-step x0, "
                             "Direct-Align recovery (one step down, then the known noise removed).")
                 with gr.Row():
@@ -697,7 +713,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                     rec_plot = gr.Plot(label="PSNR against sigma", elem_id="rec-plot")
                 rec_table = gr.JSON(label="PSNR data (dB)")
 
-            with gr.Tab("Compare", id="compare"):
+            with gr.Tab("Compare", id="compare") as cmp_tab:
                 with gr.Row():
                     cmp_prompt = gr.Textbox(default_prompt, label="Prompt", scale=3)
                     cmp_seed = gr.Number(0, label="Seed", precision=0, scale=1)
@@ -711,7 +727,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                     cmp_img_b = gr.Image(label="B", format="png", height=256, elem_classes=["pixels", "fill"], elem_id="cmp-b")
                 cmp_scores = gr.JSON(label="Rewards of A and B (control words from the Control words tab); the judge on the toy world")
 
-            with gr.Tab("Runs", id="runs"):
+            with gr.Tab("Runs", id="runs") as runs_tab:
                 with gr.Row():
                     runs_dd = gr.Dropdown([], label="Run", allow_custom_value=True, scale=4)
                     refresh_btn = gr.Button("Refresh", scale=1)
@@ -732,6 +748,8 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                     cancel_btn = gr.Button("Keep it")
                 run_msg = gr.Markdown()
                 watch = gr.Timer(1.0, active=False)
+
+        lists = [runs_dd, rec_model, cmp_a, cmp_b]
 
         # -------- events: control words
         words_out = [pos_dd, neg_dd, form["pos_words"], form["neg_words"], words_note]
@@ -762,7 +780,18 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
         launch_btn.click(prepare, [tune_preset, tab_state, *form_list], [overrides_code], api_visibility="private",
                          **free).success(
             train, [tune_preset, overrides_code, form["steps"], tab_state], [run_name, progress, tune_plot, tune_gallery],
-            api_name="train", **device_queue)
+            api_name="train", **device_queue).then(
+            after_session, [run_name], [*lists, compare_base_btn], api_visibility="private", **free)
+        # a run listed everywhere (and shown in Runs) as soon as it starts; the lists renewed whenever a tab that
+        # lists runs is opened
+        run_name.change(refresh_lists, [run_name], lists, api_visibility="private", **free)
+        for tab in (rec_tab, cmp_tab, runs_tab):
+            tab.select(refresh_lists, [runs_dd], lists, api_visibility="private", **free)
+        compare_base_btn.click(compare_with_base, [run_name], [tabs, cmp_a, cmp_b], api_visibility="private",
+                               **free).then(
+            compare, [cmp_prompt, cmp_seed, cmp_a, cmp_b, pos_dd, neg_dd], [cmp_img_a, cmp_img_b, cmp_scores],
+            api_name="compare_with_base", api_visibility="private", **device_queue).then(
+            slider_pair, [cmp_img_a, cmp_img_b], [cmp_slider], api_visibility="private", **free)
         # Off the queue: a click must reach the session at once, not behind queued status updates.
         stop_btn.click(stop_tab, [tab_state], [stop_note], api_visibility="private", queue=False)
         gr.api(stop_run, api_name="stop", **free)
@@ -772,10 +801,9 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                       api_name="recover", **device_queue)
         cmp_btn.click(compare, [cmp_prompt, cmp_seed, cmp_a, cmp_b, pos_dd, neg_dd], [cmp_img_a, cmp_img_b, cmp_scores],
                       api_name="compare", **device_queue).then(
-            lambda a, b: (crisp(a), crisp(b)), [cmp_img_a, cmp_img_b], [cmp_slider], api_visibility="private", **free)
+            slider_pair, [cmp_img_a, cmp_img_b], [cmp_slider], api_visibility="private", **free)
 
         # -------- events: runs
-        lists = [runs_dd, rec_model, cmp_a, cmp_b]
         run_view = [run_info, run_plot, run_gallery, run_config, run_weights, watch]
         refresh_btn.click(refresh_lists, [runs_dd], lists, api_visibility="private", **free)
         runs_dd.change(show_run, [runs_dd], run_view, api_visibility="private", **free)

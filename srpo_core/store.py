@@ -89,7 +89,7 @@ class RunStore:
         store = cls(run_dir)
         write_json(run_dir / CONFIG, cfg.to_dict())
         (run_dir / METRICS).touch()
-        store.set_status("running", step=0, preset=preset, pid=os.getpid())
+        store.set_status("starting", step=0, preset=preset, pid=os.getpid())  # "running" from the first step on
         return store
 
     @property
@@ -123,7 +123,7 @@ class RunStore:
         return rows
 
     def set_status(self, state: str, **extra) -> None:
-        """Merge `extra` into status.json and set its state (running, finished, stopped, failed)."""
+        """Merge `extra` into status.json and set its state (starting, running, finished, stopped, failed)."""
         write_json(self.dir / STATUS, {**self.status(), "state": state, "updated": time.time(), **extra})
 
     def status(self) -> dict:

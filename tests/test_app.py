@@ -171,7 +171,7 @@ def test_compare_base_with_a_full_finetune(server):
     ("/train", ("tiny", '{"no_such_key": 1}', 2), "unknown config key"),
     ("/recover", (PROMPT, 0, "base", "0.5, 2"), "sigmas must be"),
     ("/compare", (PROMPT, 0, "base", "not-a-run"), "is not a run"),
-    ("/stop", ("not-a-run",), "not training in this app"),
+    ("/stop", ("not-a-run",), "is not a run in the runs folder"),
 ])
 def test_bad_input_is_refused_in_one_sentence(server, endpoint, args, message):
     c = server["client"]

@@ -154,6 +154,17 @@ def test_five_step_session_streams_curves_and_a_preview(page):
     expect(page.locator("#tune-previews img").first).to_be_visible()
     shot(page, "2-tune-finished")
 
+    # the new run is offered in Compare with no refresh, and Tune compares it with the base model in one click
+    run = page.get_by_label("Run", exact=True).first.input_value()
+    page.get_by_role("button", name="Compare this run with the base model").click()
+    expect(page.get_by_role("tab", name="Compare")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#cmp-b img")).to_be_visible(timeout=60_000)
+    assert run in page.get_by_label("B", exact=True).input_value()
+    page.get_by_label("A", exact=True).click()
+    expect(page.get_by_role("option", name=re.compile(re.escape(run)))).to_be_visible()
+    page.keyboard.press("Escape")
+    open_tab(page, "Tune")
+
     page.get_by_label("steps", exact=True).fill("20")
     t0 = time.perf_counter()
     page.get_by_role("button", name="Launch").click()

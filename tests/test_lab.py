@@ -1,6 +1,7 @@
 """The app's shared lab object, without a server: run names resolve to one canonical run directory before any check,
 and a damaged run directory neither breaks the runs list nor raises anything but a one-sentence refusal."""
 
+import os
 import time
 
 import pytest
@@ -50,3 +51,16 @@ def test_a_damaged_config_keeps_the_runs_list_working(lab):
     (lab.runs_dir / name / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable config.json"):
         lab.run_cfg(name)
+
+
+def test_a_run_still_starting_in_this_process_is_live_not_interrupted(lab):
+    """Between its run directory and its first event a session is loading models: its run must not read as
+    interrupted (which stopped the Runs tab from following it) nor be deletable."""
+    name = next(lab.runs_dir.iterdir()).name
+    store = RunStore(lab.runs_dir / name)
+    store.set_status("starting", step=0, pid=os.getpid())
+    assert lab.state(name) == "starting" and lab.is_live(name)
+    with pytest.raises(ConfigError, match="still training"):
+        lab.delete(name)
+    store.set_status("running", step=1)  # running here but not one of this app's sessions: its process died
+    assert lab.state(name) == "interrupted"
