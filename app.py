@@ -165,12 +165,20 @@ class Lab:
             rows.append((f"{store.name} · {self.state(store.name)} · {status.get('step', 0)}/{total}", store.name))
         return ([("base model", BASE)] if with_base else []) + rows
 
-    def stop(self, name: str) -> None:
+    def live_session(self, name: str) -> Session:
         name = self.run_dir(name).name
         live = self._live.get(name)
         if live is None:
-            raise ConfigError(f"run {name} is not training in this app, so there is nothing here to stop.")
-        live.session.stop()
+            raise ConfigError(f"run {name} is not training in this app, so there is nothing here to stop or steer.")
+        return live.session
+
+    def stop(self, name: str) -> None:
+        self.live_session(name).stop()
+
+    def steer(self, name: str, pos_text: str, neg_text: str) -> tuple[int, list[str], list[str]]:
+        """New control words for a running session from its next step: (that step, positive, negative words)."""
+        (pos, _), (neg, _) = clean_words(pos_text), clean_words(neg_text)
+        return self.live_session(name).steer(pos, neg), pos, neg
 
     def delete(self, name: str) -> None:
         path = self.run_dir(name)
@@ -257,6 +265,9 @@ def curves_figure(rows: list[StepRecord]) -> go.Figure:
                              name="reward vs sigma", marker={"color": steps, "colorscale": "Viridis", "size": 7,
                                                              "colorbar": {"title": "step", "thickness": 10}}),
                   row=2, col=3)
+    for step in [r.step for r in rows if r.steered]:  # where steering changed the control words
+        for i in range(len(CURVES)):
+            fig.add_vline(x=step - 0.5, line_dash="dot", line_color="#9333ea", row=i // 3 + 1, col=i % 3 + 1)
     fig.update_xaxes(title_text="step", row=1)
     fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_xaxes(title_text="step", row=2, col=2)
@@ -524,6 +535,15 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
             raise fail(e) from None
         return f"stopping {name} after the step in progress…"
 
+    def steer(name: str, pos_text: str, neg_text: str) -> str:
+        """Change a running session's control words (comma-separated) from its next step on; the run records the
+        change in its config.json, so a replay reproduces it."""
+        try:
+            step, pos, neg = lab.steer(name, pos_text, neg_text)
+        except ConfigError as e:
+            raise fail(e) from None
+        return f"from step {step}: + {', '.join(pos)} / - {', '.join(neg)}"
+
     # -------- handlers: recoveries and compare
     def recover(prompt: str, seed: float, model: str = BASE, sigmas: str = "0.1, 0.3, 0.5, 0.7, 0.9"):
         """Noisy / naive one-step / Direct-Align recoveries across sigma, with their PSNR."""
@@ -689,6 +709,11 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                     stop_btn = gr.Button("Stop", variant="stop")
                 # Apart from the progress line: a late answer to Stop must not overwrite the final status.
                 stop_note = gr.Markdown()
+                with gr.Row():
+                    steer_pos = gr.Textbox(label="Steer: positive words", placeholder="Bright, Vivid", scale=2)
+                    steer_neg = gr.Textbox(label="Steer: negative words", placeholder="Dark", scale=2)
+                    steer_btn = gr.Button("Apply from the next step", scale=1)
+                steer_note = gr.Markdown(elem_id="steer-note")
                 overrides_code = gr.Code("{}", language="json", label="Overrides of the preset sent to /train",
                                          interactive=False, max_lines=12)
                 run_name = gr.Textbox(label="Run", interactive=False)
@@ -795,6 +820,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
         # Off the queue: a click must reach the session at once, not behind queued status updates.
         stop_btn.click(stop_tab, [tab_state], [stop_note], api_visibility="private", queue=False)
         gr.api(stop_run, api_name="stop", **free)
+        steer_btn.click(steer, [run_name, steer_pos, steer_neg], [steer_note], api_name="steer", **free)
 
         # -------- events: recoveries, compare
         rec_btn.click(recover, [rec_prompt, rec_seed, rec_model, rec_sigmas], [rec_grid, rec_plot, rec_table],

@@ -13,6 +13,7 @@ from typing import Literal
 
 import yaml
 
+from . import srp
 from .schedule import REFERENCE_MARGIN, dsigma_cells
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -75,6 +76,11 @@ class RunConfig:
     method: Method = _f("srpo", "Loss recipe: srpo, direct-align (plain reward), refl, draft.", "method")
     pos_words: list[str] = _f(["Detailed"], "Positive control words, one used per step (round robin).", "method")
     neg_words: list[str] = _f(["Smooth"], "Negative control words, one used per step (round robin).", "method")
+    word_schedule: list[str] = _f([], "Control-word changes during the run, each 'STEP:pos words/neg words' (words "
+                                      "separated by |, e.g. '11:Bright|Vivid/Dark') in effect from that optimizer step; "
+                                      "steering a running session "
+                                      "records its changes here, so replaying config.json reproduces them.",
+                                  "method", True)
     weighting: Weighting = _f("k-schedule", "SRP weighting: k-schedule (the reference's (1 + k) r(p+) - r(p-), k read "
                                             "per branch from k_denoise / k_inversion), or lambda (this project's "
                                             "option, not the reference's: r(p+) - r(p-) times sigma / sigma_max).",
@@ -191,6 +197,10 @@ class RunConfig:
             raise ConfigError("groundtruth_ratio is too low for train_grid_len: two dsigma steps must fit inside the grid.")
         if self.lora_dropout >= 1:
             raise ConfigError(f"lora_dropout must be below 1 (got {self.lora_dropout}).")
+        try:
+            srp.parse_schedule(self.word_schedule)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.method == "srpo" and not (self.pos_words and self.neg_words):
             raise ConfigError("method srpo needs at least one positive and one negative control word.")
         if self.method == "draft" and self.late_steps > self.rollout_steps:

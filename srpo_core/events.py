@@ -26,6 +26,7 @@ class StepRecord:
     pos_word: str = ""        # the control words this step used
     neg_word: str = ""
     replica_spread: float | None = None  # multi-process DDP only: 0 when every replica holds the same weights
+    steered: bool = False     # the word lists changed at this step (word_schedule: steering or a replayed run)
 
     def to_dict(self) -> dict:
         """Standard JSON values: non-finite numbers become None; replica_spread only where it was measured."""

@@ -30,8 +30,8 @@ def micro_batch(cfg: RunConfig, prompts: list[str], rng: random.Random, step: in
     seeded alike on every process, so that all inject the same noise as the reference's one broadcast eps."""
     n = cfg.batch_size
     draws = [rng.choice(prompts) for _ in range(n * processes)]
-    return methods.MicroBatch(draws[rank * n:(rank + 1) * n], srp.pick_words(cfg.pos_words, step),
-                              srp.pick_words(cfg.neg_words, step),
+    pos, neg = srp.words_at(cfg.pos_words, cfg.neg_words, srp.parse_schedule(cfg.word_schedule), step)
+    return methods.MicroBatch(draws[rank * n:(rank + 1) * n], srp.pick_words(pos, step), srp.pick_words(neg, step),
                               torch.Generator().manual_seed(hash((cfg.seed, step, micro, rank))),
                               torch.Generator().manual_seed(hash((cfg.seed, step, micro))))
 
@@ -52,6 +52,8 @@ class Session:
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_scheduler = None
         self._stop = threading.Event()
+        self._steering = threading.Lock()  # steer() from another thread against a step starting
+        self._step_started = 0
 
     @property
     def is_main_process(self) -> bool:
@@ -61,6 +63,22 @@ class Session:
     def stop(self) -> None:
         """Ask the session to end after the step in progress; the run directory stays valid."""
         self._stop.set()
+
+    def steer(self, pos_words: list[str], neg_words: list[str]) -> int:
+        """Change the control words from the next optimizer step on (thread-safe); returns that step. The change is
+        added to the run's word_schedule and config.json, so replaying the run reproduces it."""
+        pos, neg = ([w.strip() for w in words if w.strip()] for words in (pos_words, neg_words))
+        if not (pos and neg) or any(c in w for w in pos + neg for c in "|/:"):
+            raise ConfigError("steering needs at least one positive and one negative word, none containing | / or :.")
+        if self.processes is not None and self.processes.count > 1:
+            raise ConfigError("steering works on single-process sessions; a multi-process run keeps its words.")
+        with self._steering:  # entries for a later step leave the step in progress as it started
+            step = self._step_started + 1
+            entry = f"{step}:{'|'.join(pos)}/{'|'.join(neg)}"
+            self.cfg.word_schedule = [e for e in self.cfg.word_schedule if not e.startswith(f"{step}:")] + [entry]
+            if self.store:
+                self.store.write_config(self.cfg)
+        return step
 
     def __iter__(self):
         try:
@@ -91,6 +109,8 @@ class Session:
         for step in range(1, cfg.steps + 1):
             if self.processes.agree_to_stop(self._stop.is_set()):
                 break
+            with self._steering:  # from here on, steering applies to the step after this one
+                self._step_started = step
             records.append(self._step(step, rng))
             if self.store:
                 self.store.append_metrics(records[-1])
@@ -168,9 +188,10 @@ class Session:
         reward, srp_value, sigma, loss = zip(*parts)
         stats = procs.mean(torch.stack([torch.cat(reward).mean(), torch.cat(srp_value).mean(),
                                         torch.cat(sigma).mean(), torch.cat(loss).sum()])).tolist()
+        steered = any(start == step for start, _, _ in srp.parse_schedule(cfg.word_schedule))
         return StepRecord(step, _finite(stats[0]), _finite(stats[1]), stats[2], _finite(stats[3]), grad_norm, lr,
                           round(time.perf_counter() - t0, 4), mb.pos_word, mb.neg_word,
-                          procs.replica_spread(self.params))
+                          procs.replica_spread(self.params), steered)
 
     def _preview(self, step: int) -> Path | None:
         prompt = self.cfg.preview_prompt or self.prompts[0]

@@ -46,6 +46,33 @@ def lambda_weight(sigma: torch.Tensor, sigma_max: float) -> torch.Tensor:
     return sigma / sigma_max
 
 
+def parse_schedule(entries: list[str]) -> list[tuple[int, list[str], list[str]]]:
+    """Word-schedule entries "STEP:pos|words/neg|words" -> [(step, pos, neg)] sorted by step; ValueError on a bad one.
+
+    Words are separated by "|" (commas already separate a list's entries on the command line)."""
+    out = []
+    for entry in entries:
+        head, sep, body = entry.partition(":")
+        pos, slash, neg = body.partition("/")
+        words = [[w.strip() for w in side.split("|") if w.strip()] for side in (pos, neg)]
+        if not (sep and slash and head.strip().isdigit() and int(head) >= 1 and all(words)):
+            raise ValueError(f"word_schedule entry {entry!r} must look like 'STEP:pos words/neg words' with STEP >= 1, "
+                             "for example '11:Bright|Vivid/Dark'.")
+        out.append((int(head), *words))
+    return sorted(out, key=lambda e: e[0])
+
+
+def words_at(pos_words: list[str], neg_words: list[str], schedule: list[tuple[int, list[str], list[str]]],
+             step: int) -> tuple[list[str], list[str]]:
+    """The word lists in effect at optimizer `step`: the last schedule entry starting at or before it, else the
+    run's own lists."""
+    current = (pos_words, neg_words)
+    for start, pos, neg in schedule:
+        if start <= step:
+            current = (pos, neg)
+    return current
+
+
 def pick_words(words: list[str], step: int) -> str:
     """Round-robin choice of one control word per optimizer step counted from 1, as the reference indexes
     its lists (step 1 takes words[1]); '' if none."""

@@ -87,7 +87,7 @@ class RunStore:
                 run_dir = root / f"{stem}-{n}"
         (run_dir / "previews").mkdir()
         store = cls(run_dir)
-        write_json(run_dir / CONFIG, cfg.to_dict())
+        store.write_config(cfg)
         (run_dir / METRICS).touch()
         store.set_status("starting", step=0, preset=preset, pid=os.getpid())  # "running" from the first step on
         return store
@@ -95,6 +95,9 @@ class RunStore:
     @property
     def name(self) -> str:
         return self.dir.name
+
+    def write_config(self, cfg: RunConfig) -> None:
+        write_json(self.dir / CONFIG, cfg.to_dict())
 
     def config(self) -> RunConfig:
         """The run's resolved config; a damaged config.json is a one-sentence ConfigError naming the run."""

@@ -194,3 +194,23 @@ def test_score_refuses_a_huge_image_before_decoding_it(server, tmp_path):
     Image.new("RGB", (6400, 6400)).save(big)
     with pytest.raises(AppError, match="megapixels"):
         server["client"].predict(handle_file(str(big)), PROMPT, "Detailed", "Smooth", api_name="/score")
+
+
+def test_steer_a_running_session_through_the_api(server):
+    """/steer changes a running session's control words from its next step; metrics.jsonl logs them, the run's
+    config.json records the schedule, and a name that is not training is refused."""
+    c = server["client"]
+    job = c.submit("tiny", "{}", 300, api_name="/train")
+    run = wait_for(lambda: next((o[0] for o in job.outputs() if o[0] and "step 2/" in (o[1] or "")), None))
+    note = c.predict(run, "Bright, Vivid", "Dark", api_name="/steer")
+    step = int(re.match(r"from step (\d+): \+ Bright, Vivid / - Dark$", note).group(1))
+    store = RunStore(server["runs"] / run)
+    rows = wait_for(lambda: (m := store.metrics()) and m[-1].step >= step + 1 and m)
+    assert all(r.pos_word in ("Bright", "Vivid") and r.neg_word == "Dark" for r in rows if r.step >= step)
+    assert all(r.neg_word != "Dark" or r.pos_word == "Bright" for r in rows if r.step < step)  # tiny's own lists
+    assert [r.step for r in rows if r.steered] == [step]
+    assert store.config().word_schedule == [f"{step}:Bright|Vivid/Dark"]
+    c.predict(run, api_name="/stop")
+    wait_for(lambda: store.status()["state"] == "stopped")
+    with pytest.raises(AppError, match="not training in this app"):
+        c.predict(run, "Bright", "Dark", api_name="/steer")

@@ -308,3 +308,23 @@ def test_seeds_outside_64_bits_are_refused():
         config.load("tiny", ["seed=1180591620717411303424"])
     with pytest.raises(ConfigError, match=r"seed must be an integer in 0\.\."):
         evaluate.generate(evaluate.load_models(tiny()), tiny(), [PROMPT], -1)
+
+
+def test_steering_applies_from_the_next_step_and_replays_from_config(tmp_path):
+    session = Session(tiny(steps=6, preview_every=0), tmp_path / "live")
+    records = []
+    for event in session:
+        if isinstance(event, StepMetrics):
+            records.append(event.record)
+            if event.step == 2:
+                assert session.steer(["Bright", "Vivid"], ["Dark"]) == 3
+    words = [(r.pos_word, r.neg_word) for r in records]
+    assert words[:2] == [("Bright", "Dark"), ("Detailed", "Smooth")]  # the preset's lists, round robin from step 1
+    assert words[2:] == [("Vivid", "Dark"), ("Bright", "Dark"), ("Vivid", "Dark"), ("Bright", "Dark")]
+    assert [r.steered for r in records] == [False, False, True, False, False, False]
+    saved = RunStore(next((tmp_path / "live").iterdir())).config()
+    assert saved.word_schedule == ["3:Bright|Vivid/Dark"]
+    replay = [e.record for e in Session(saved, tmp_path / "replay") if isinstance(e, StepMetrics)]
+    assert [r.to_dict() | {"seconds": 0} for r in replay] == [r.to_dict() | {"seconds": 0} for r in records]
+    with pytest.raises(ConfigError, match="at least one positive and one negative word"):
+        session.steer([], ["Dark"])
