@@ -17,6 +17,7 @@ import os
 import queue
 import re
 import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -36,6 +37,7 @@ import yaml
 from plotly.subplots import make_subplots
 from PIL import Image
 
+from srpo_core import compare as comparison
 from srpo_core import config, evaluate, srp
 from srpo_core.config import ConfigError, RunConfig
 from srpo_core.events import Failed, Finished, Preview, Started, StepMetrics, StepRecord
@@ -43,7 +45,7 @@ from srpo_core.models import Models
 from srpo_core.data import training_prompts
 from srpo_core.session import Session
 from srpo_core.store import RunStore, from_pil, list_runs, to_pil
-from srpo_core.toy.vocab import STYLE_AXES
+from srpo_core.toy.vocab import STYLE_AXES, heldout_prompts
 
 DEVICE = "device"  # the queue group of every model-bound event
 BASE = "base"
@@ -373,6 +375,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
     schema = list(fields(RunConfig))
     defaults = lab.cfg.to_dict()
     default_prompt = lab.cfg.preview_prompt or training_prompts(lab.cfg)[0]
+    grid_default = (heldout_prompts() if lab.cfg.backend == "toy" else training_prompts(lab.cfg))[:4]
     device_queue = {"concurrency_limit": 1, "concurrency_id": DEVICE}
     free = {"concurrency_limit": None}
 
@@ -577,6 +580,30 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
             raise fail(e) from None
         return images[0], images[1], scores
 
+    def compare_grid(prompts_text: str, seeds: float, run_a: str, run_b: str):
+        """A against B over prompts (one a line) x seeds: the labelled pairs as one PNG, the summary table (on the
+        toy world with the judge and its effect sizes of each side against A), and both as downloads."""
+        try:
+            prompts = [p.strip() for p in (prompts_text or "").splitlines() if p.strip()]
+            if not prompts:
+                raise ConfigError("give at least one prompt, one a line.")
+            if isinstance(seeds, bool) or not isinstance(seeds, (int, float)) or seeds != int(seeds) or not 1 <= seeds <= 16:
+                raise ConfigError(f"seeds must be a whole number from 1 to 16 (got {seeds!r}).")
+            runs = [None if not run or run == BASE else lab.run_dir(run) for run in (run_a, run_b)]
+            with lab.device:
+                result = comparison.pairs(lab.cfg, lambda run: lab.models(lab.cfg, run.name if run else ""),
+                                          runs, prompts, int(seeds))
+        except ConfigError as e:
+            raise fail(e) from None
+        folder = Path(tempfile.mkdtemp(prefix="srpo-compare-"))
+        grid_path, csv_path = folder / "compare_grid.png", folder / "compare_table.csv"
+        comparison.grid_image(result).save(grid_path)
+        csv_path.write_text(comparison.csv_table(result), encoding="utf-8")
+        head, *rows = [line.strip("|").split("|") for i, line in
+                       enumerate(comparison.markdown(result).splitlines()) if i != 1]
+        table = {"headers": [h.strip() for h in head], "data": [[c.strip() for c in row] for row in rows]}
+        return str(grid_path), table, [str(grid_path), str(csv_path)]
+
     # -------- handlers: runs
     def refresh_lists(selected: str | None = None):
         runs = lab.run_choices()
@@ -746,11 +773,24 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                     cmp_b = gr.Dropdown([("base model", BASE)], value=BASE, label="B", allow_custom_value=True, scale=2)
                     cmp_btn = gr.Button("Compare", scale=1)
                 with gr.Row():
-                    cmp_img_a = gr.Image(label="A", format="png", height=256, elem_classes=["pixels", "fill"], elem_id="cmp-a")
+                    cmp_img_a = gr.Image(label="A", format="png", height=256, elem_classes=["pixels", "fill"], elem_id="cmp-a",
+                                         interactive=False)
                     cmp_slider = gr.ImageSlider(label="A | B", type="pil", height=256, format="png",
                                                  elem_id="cmp-slider")
-                    cmp_img_b = gr.Image(label="B", format="png", height=256, elem_classes=["pixels", "fill"], elem_id="cmp-b")
+                    cmp_img_b = gr.Image(label="B", format="png", height=256, elem_classes=["pixels", "fill"], elem_id="cmp-b",
+                                         interactive=False)
                 cmp_scores = gr.JSON(label="Rewards of A and B (control words from the Control words tab); the judge on the toy world")
+                gr.Markdown("### A and B over prompts x seeds")
+                with gr.Row():
+                    grid_prompts = gr.Textbox("\n".join(grid_default), label="Prompts (one a line)", lines=4, scale=3)
+                    grid_seeds = gr.Number(2, label="Seeds per prompt", precision=0, scale=1)
+                    grid_btn = gr.Button("Compare over the grid", scale=1)
+                grid_img = gr.Image(label="Pairs: A | B, each with its reward and SRP", format="png", interactive=False,
+                                    elem_id="cmp-grid")
+                grid_table = gr.Dataframe(label="Summary (d: effect size against A)", interactive=False,
+                                          elem_id="cmp-table")
+                grid_files = gr.File(label="Downloads: the grid (PNG) and the table (CSV)", file_count="multiple",
+                                     interactive=False, elem_id="cmp-downloads")
 
             with gr.Tab("Runs", id="runs") as runs_tab:
                 with gr.Row():
@@ -828,6 +868,9 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
         cmp_btn.click(compare, [cmp_prompt, cmp_seed, cmp_a, cmp_b, pos_dd, neg_dd], [cmp_img_a, cmp_img_b, cmp_scores],
                       api_name="compare", **device_queue).then(
             slider_pair, [cmp_img_a, cmp_img_b], [cmp_slider], api_visibility="private", **free)
+
+        grid_btn.click(compare_grid, [grid_prompts, grid_seeds, cmp_a, cmp_b], [grid_img, grid_table, grid_files],
+                       api_name="compare_grid", **device_queue)
 
         # -------- events: runs
         run_view = [run_info, run_plot, run_gallery, run_config, run_weights, watch]

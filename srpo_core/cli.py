@@ -123,6 +123,8 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"--seeds must be greater than 0 (got {args.seeds}).")
     prompts = read_prompts_file(args.prompts) if args.prompts else training_prompts(cfg)
     loras = args.lora or [None]
+    if args.grid or args.csv:
+        return _eval_pair(args, cfg, prompts, loras)
     rows = [{"preset": args.preset, "lora": lora, "method": lora or "base",
              **evaluate.evaluate(evaluate.load_models(cfg, None if lora == "base" else lora), cfg, prompts, args.seeds)}
             for lora in loras]
@@ -130,6 +132,27 @@ def cmd_eval(args) -> int:
         emit(rows[0], args.json)
     elif args.json:
         emit({"rows": rows}, True)
+    else:
+        print(compare.markdown({"rows": rows}))
+    return 0
+
+
+def _eval_pair(args, cfg, prompts: list[str], loras: list[str]) -> int:
+    """eval --grid / --csv: two models side by side over prompts x seeds."""
+    from . import compare, evaluate
+    if len(loras) != 2:
+        raise ConfigError("--grid and --csv compare two models: give --lora twice ('base' for the untuned model).")
+    grid = _writable_file(args.grid) if args.grid else None
+    table = _writable_file(args.csv) if args.csv else None
+    runs = [None if lora == "base" else lora for lora in loras]
+    result = compare.pairs(cfg, lambda run: evaluate.load_models(cfg, run), runs, prompts, args.seeds)
+    if grid:
+        compare.grid_image(result).save(grid)
+    if table:
+        table.write_text(compare.csv_table(result), encoding="utf-8")
+    rows = [{k: v for k, v in row.items() if k not in ("images", "rewards", "srps")} for row in result["rows"]]
+    if args.json:
+        emit({"rows": rows, "grid": str(grid) if grid else None, "csv": str(table) if table else None}, True)
     else:
         print(compare.markdown({"rows": rows}))
     return 0
@@ -226,6 +249,8 @@ def build_parser() -> Parser:
     c.add_argument("--lora", action="append", help="a run directory whose tuned weights (LoRA or full) to load; repeat "
                                                    "it (and give 'base' for the untuned model) to compare runs in one table")
     c.add_argument("--prompts", help="UTF-8 text file, one prompt a line (default: the preset's prompts)")
+    c.add_argument("--grid", help="with two --lora: a PNG of every pair side by side, labelled with reward and SRP")
+    c.add_argument("--csv", help="with two --lora: the summary table as CSV")
     c.add_argument("--seeds", type=int, default=2)
     c = command("compare", cmd_compare, "The paper's table in miniature: tune each preset, then evaluate base and "
                                         "every tuned model on held-out prompts and seeds.", preset=False)

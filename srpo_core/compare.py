@@ -5,13 +5,18 @@ base model and every tuned one on the same held-out prompts and seeds.
     print(compare.markdown(result))
 """
 
+import csv
+import io
 import math
 from pathlib import Path
+
+from PIL import Image, ImageDraw
 
 from tqdm.auto import tqdm
 
 from . import config, evaluate
-from .config import ConfigError
+from .store import to_pil
+from .config import ConfigError, RunConfig
 from .events import Failed, Finished, SessionFailed, StepMetrics
 from .session import Session
 from .toy.vocab import heldout_prompts
@@ -91,3 +96,45 @@ def markdown(result: dict) -> str:
             cells.append(f"{r['seconds']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def pairs(cfg: RunConfig, load, runs: list[str | Path | None], prompts: list[str], seeds: int) -> dict:
+    """Model A against model B (None = the base model, else a run directory) on the same prompts x seeds, one model
+    loaded at a time (`load(run)` -> Models): per side `eval`'s summary with its images and per-image rewards and
+    SRP, and on the toy world each side's judge effect sizes against A."""
+    rows = [{"method": Path(run).name if run else "base", "run_dir": str(run) if run else None,
+             **evaluate.evaluate(load(run), cfg, prompts, seeds, keep_images=True)} for run in runs]
+    if "judge" in rows[0]:
+        for row in rows:
+            row["effect_vs_base"] = {s: effect_size(row, rows[0], s) for s in STATS}
+    return {"prompts": prompts, "seeds": seeds, "seed": cfg.seed, "pos_words": cfg.pos_words[:1],
+            "neg_words": cfg.neg_words[:1], "rows": rows}
+
+
+def grid_image(result: dict, tile: int = 128) -> Image.Image:
+    """The pairs of `pairs` as one image: a row per (prompt, noise seed), A then B, each labelled with its reward and
+    SRP (the first control words of the config)."""
+    a, b = result["rows"][:2]
+    n, label, head = len(a["rewards"]), 28, 16
+    grid = Image.new("RGB", (2 * tile + 12, head + n * (tile + label) + 4), "white")
+    draw = ImageDraw.Draw(grid)
+    draw.text((4, 2), f"A: {a['method']}   B: {b['method']}", fill="black")
+    for i in range(n):
+        top = head + i * (tile + label) + 4
+        prompt, seed = result["prompts"][i // result["seeds"]], result["seed"] + i % result["seeds"]
+        draw.text((4, top), f"{prompt[:38]} · seed {seed}", fill="black")
+        for col, side in enumerate((a, b)):
+            left = 4 + col * (tile + 4)
+            image = to_pil(side["images"][i]).resize((tile, tile), Image.NEAREST)
+            grid.paste(image, (left, top + 12))
+            draw.text((left + 2, top + 12 + tile - 12), f"{'AB'[col]} r {side['rewards'][i]:.3f} SRP {side['srps'][i]:+.3f}",
+                      fill="white", stroke_width=1, stroke_fill="black")
+    return grid
+
+
+def csv_table(result: dict) -> str:
+    """The summary of `pairs` (or `run`) as CSV: a row per model with the columns of `markdown`."""
+    lines = [line.strip("|").split("|") for line in markdown(result).splitlines()]
+    out = io.StringIO()
+    csv.writer(out).writerows([[cell.strip() for cell in line] for i, line in enumerate(lines) if i != 1])
+    return out.getvalue()

@@ -127,31 +127,41 @@ def load_image(path: str | Path) -> Image.Image:
 
 
 @torch.no_grad()
-def score(models: Models, images: torch.Tensor, prompt: str, pos: str, neg: str) -> dict:
-    """r(p), r(p+), r(p-) and SRP = r(p+) - r(p-) of images (B, 3, H, W); means over the batch."""
-    prompt = require_prompt(prompt)
+def image_scores(models: Models, images: torch.Tensor, prompt: str, pos: str, neg: str) -> torch.Tensor:
+    """Per image (B, 3): r(p), r(p+), r(p-) of images (B, 3, H, W)."""
     reward = models.reward
     f = reward.image_features(images)
     t = reward.text_features([prompt, srp.augment(prompt, pos), srp.augment(prompt, neg)]).to(f.device)
-    r, rp, rn = (float(srp.plain(f, ti.expand_as(f), reward.scale).mean()) for ti in t)
+    return torch.stack([srp.plain(f, ti.expand_as(f), reward.scale) for ti in t], dim=1).float().cpu()
+
+
+def score(models: Models, images: torch.Tensor, prompt: str, pos: str, neg: str) -> dict:
+    """r(p), r(p+), r(p-) and SRP = r(p+) - r(p-) of images (B, 3, H, W); means over the batch."""
+    prompt = require_prompt(prompt)
+    r, rp, rn = image_scores(models, images, prompt, pos, neg).mean(0).tolist()
     return {"reward": r, "reward_pos": rp, "reward_neg": rn, "srp": rp - rn,
-            "unknown_words": sorted(set(reward.unknown_words(f"{pos} {neg} {prompt}")))}
+            "unknown_words": sorted(set(models.reward.unknown_words(f"{pos} {neg} {prompt}")))}
 
 
-def evaluate(models: Models, cfg: RunConfig, prompts: list[str], seeds: int) -> dict:
-    """Mean plain and SRP reward over prompts x seeds (image i of every prompt from noise seed cfg.seed + i);
-    on the toy world also the judge's verdict (`judge`: shape_acc, color_acc, background_acc, brightness, saturation, detail) and the prompt words it could not parse."""
-    rewards, srps, images = [], [], []
-    pos, neg = srp.pick_words(cfg.pos_words, 0), srp.pick_words(cfg.neg_words, 0)
+def evaluate(models: Models, cfg: RunConfig, prompts: list[str], seeds: int, keep_images: bool = False) -> dict:
+    """Mean plain and SRP reward over prompts x seeds (image i of every prompt from noise seed cfg.seed + i), with
+    the first control words of the config; on the toy world also the judge's verdict (`judge`: shape_acc,
+    color_acc, background_acc, brightness, saturation, detail) and the prompt words it could not parse. With
+    `keep_images`, also the images (prompt-major) and per image its `rewards` and `srps`."""
+    scores, images = [], []
+    pos, neg = (words[0] if words else "" for words in (cfg.pos_words, cfg.neg_words))
     for prompt in prompts:
-        batch = generate(models, cfg, [prompt] * seeds, cfg.seed)
-        s = score(models, batch, prompt, pos, neg)
-        rewards.append(s["reward"])
-        srps.append(s["srp"])
+        batch = generate(models, cfg, [require_prompt(prompt)] * seeds, cfg.seed)
+        scores.append(image_scores(models, batch, prompt, pos, neg))
         images.append(batch)
-    out = {"n": len(prompts) * seeds, "reward_mean": sum(rewards) / len(rewards), "srp_mean": sum(srps) / len(srps)}
+    per_image = torch.cat(scores)
+    out = {"n": len(per_image), "reward_mean": float(per_image[:, 0].mean()),
+           "srp_mean": float((per_image[:, 1] - per_image[:, 2]).mean())}
     if models.judge is not None:
         out.update(judge_images(models, torch.cat(images), [p for p in prompts for _ in range(seeds)]))
+    if keep_images:
+        out.update(images=torch.cat(images), rewards=per_image[:, 0].tolist(),
+                   srps=(per_image[:, 1] - per_image[:, 2]).tolist())
     return out
 
 

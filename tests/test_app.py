@@ -214,3 +214,18 @@ def test_steer_a_running_session_through_the_api(server):
     wait_for(lambda: store.status()["state"] == "stopped")
     with pytest.raises(AppError, match="not training in this app"):
         c.predict(run, "Bright", "Dark", api_name="/steer")
+
+
+def test_compare_grid_of_base_against_a_run(server):
+    """/compare_grid: A vs B over prompts x seeds as one labelled PNG, a summary table and the same as CSV."""
+    c = server["client"]
+    run = c.predict("tiny", "{}", 2, api_name="/train")[0]
+    prompts = "a red circle on sky\na blue square on grass"
+    grid, table, (png, csv_file) = c.predict(prompts, 2, "base", run, api_name="/compare_grid")
+    image = Image.open(grid)
+    assert image.size[1] > 4 * 128 and Image.open(png).size == image.size  # 2 prompts x 2 seeds, a row a pair
+    rows = Path(csv_file).read_text().splitlines()
+    assert rows[0].startswith("method,n,reward,SRP") and [r.split(",")[:2] for r in rows[1:]] == [["base", "4"], [run, "4"]]
+    assert [row[0] for row in table["data"]] == ["base", run]
+    with pytest.raises(AppError, match="seeds must be a whole number from 1 to 16"):
+        c.predict(prompts, 100, "base", run, api_name="/compare_grid")

@@ -136,3 +136,16 @@ def test_bad_input_through_the_real_entry_point():
     proc = run_cli("train", "--preset", "tiny", "--set", "lr=0", ok=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == "error: lr must be greater than 0 (got 0.0)."
+
+
+def test_eval_grid_and_csv_of_two_models(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on sky\na blue square on grass\n", encoding="utf-8")
+    grid, table = tmp_path / "grid.png", tmp_path / "table.csv"
+    out = run_cli("eval", "--preset", "tiny", "--prompts", str(prompts), "--seeds", "1", "--lora", "base",
+                  "--lora", "base", "--grid", str(grid), "--csv", str(table), "--json")
+    assert out["grid"] == str(grid) and Image.open(grid).size[1] > 2 * 128
+    rows = table.read_text().splitlines()
+    assert len(rows) == 3 and rows[1].split(",")[1:] == rows[2].split(",")[1:]  # the same model twice
+    proc = run_cli("eval", "--preset", "tiny", "--lora", "base", "--grid", str(grid), ok=False)
+    assert proc.returncode == 2 and "give --lora twice" in proc.stderr
