@@ -599,10 +599,8 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
         grid_path, csv_path = folder / "compare_grid.png", folder / "compare_table.csv"
         comparison.grid_image(result).save(grid_path)
         csv_path.write_text(comparison.csv_table(result), encoding="utf-8")
-        head, *rows = [line.strip("|").split("|") for i, line in
-                       enumerate(comparison.markdown(result).splitlines()) if i != 1]
-        table = {"headers": [h.strip() for h in head], "data": [[c.strip() for c in row] for row in rows]}
-        return str(grid_path), table, [str(grid_path), str(csv_path)]
+        head, *rows = comparison.table(result)
+        return str(grid_path), {"headers": head, "data": rows}, [str(grid_path), str(csv_path)]
 
     # -------- handlers: runs
     def refresh_lists(selected: str | None = None):

@@ -70,9 +70,9 @@ def run(presets: list[str], runs_root: str | Path, prompts: list[str] | None = N
             "rows": rows}
 
 
-def markdown(result: dict) -> str:
-    """One row per method: plain and SRP reward, the judge's fields, effect sizes against base, and tuning seconds
-    where the rows carry them (`eval`'s rows of existing runs have neither effect sizes nor seconds)."""
+def table(result: dict) -> list[list[str]]:
+    """The header and one row per method, as text cells: plain and SRP reward, the judge's fields, effect sizes
+    against base, and tuning seconds where the rows carry them (`eval`'s rows of existing runs have neither)."""
     judged = "judge" in result["rows"][0]
     timed = "seconds" in result["rows"][0]
     effects = "effect_vs_base" in result["rows"][0]
@@ -84,7 +84,7 @@ def markdown(result: dict) -> str:
     if timed:
         head.append("seconds")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = [head]
     for r in result["rows"]:
         cells = [r["method"], str(r["n"]), f"{r['reward_mean']:.4f}", f"{r['srp_mean']:.4f}"]
         if judged:
@@ -94,8 +94,15 @@ def markdown(result: dict) -> str:
             cells += [f"{r['effect_vs_base'][s]:+.2f}" for s in STATS]
         if timed:
             cells.append(f"{r['seconds']:.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return rows
+
+
+def markdown(result: dict) -> str:
+    """`table` as a markdown table."""
+    head, *rows = table(result)
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(cells) + " |" for cells in rows])
 
 
 def pairs(cfg: RunConfig, load, runs: list[str | Path | None], prompts: list[str], seeds: int) -> dict:
@@ -133,8 +140,7 @@ def grid_image(result: dict, tile: int = 128) -> Image.Image:
 
 
 def csv_table(result: dict) -> str:
-    """The summary of `pairs` (or `run`) as CSV: a row per model with the columns of `markdown`."""
-    lines = [line.strip("|").split("|") for line in markdown(result).splitlines()]
+    """`table` as CSV."""
     out = io.StringIO()
-    csv.writer(out).writerows([[cell.strip() for cell in line] for i, line in enumerate(lines) if i != 1])
+    csv.writer(out).writerows(table(result))
     return out.getvalue()
