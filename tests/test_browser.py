@@ -214,11 +214,17 @@ def test_compare_base_with_the_latest_run(page):
     dropdown = page.get_by_label("B", exact=True)
     dropdown.click()
     page.get_by_role("option").nth(1).click()
-    page.get_by_role("button", name="Compare").click()
+    page.get_by_role("button", name="Compare", exact=True).click()
     expect(page.locator("#cmp-a img")).to_be_visible()
     expect(page.locator("#cmp-b img")).to_be_visible()
     expect(page.locator("#cmp-slider img").first).to_be_visible()
     assert page.locator("#cmp-a img").get_attribute("src") != page.locator("#cmp-b img").get_attribute("src")
+    t0 = time.perf_counter()
+    page.get_by_role("button", name="Compare over the grid").click()  # 4 held-out prompts x 2 seeds: 8 pairs
+    expect(page.locator("#cmp-grid img")).to_be_visible(timeout=120_000)
+    TIMINGS["compare_grid_8_pairs_s"] = round(time.perf_counter() - t0, 2)
+    expect(page.locator("#cmp-table")).to_contain_text("base")
+    expect(page.locator("#cmp-downloads")).to_contain_text(re.compile(r"compare_grid\s*\.png.*compare_table\s*\.csv"))
     shot(page, "6-compare")
 
 
