@@ -668,7 +668,7 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
         # handle (the session itself belongs to the Lab and keeps running, findable in the Runs tab)
         tab_state = gr.State(TabState(), delete_callback=TabState.release)
         gr.Markdown(f"# SRPO Studio\nDirect-Align / SRPO preference tuning · model world: `{preset}` · "
-                    f"runs in `{runs_dir}`")
+                    f"runs in `{Path(runs_dir).name}/`")  # the folder's name only: the page shows no server path
         with gr.Tabs() as tabs:
             with gr.Tab("Control words", id="words"):
                 with gr.Row():
