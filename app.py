@@ -340,6 +340,15 @@ def crisp(image, side: int = 256):
     return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
+def whole_number(value, name: str, least: int, most: int | None = None) -> int:
+    """A whole number from a form field or API argument, or a one-sentence refusal naming the allowed range."""
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(number) and number == int(number) and least <= number <= (most or math.inf)):
+        allowed = f"from {least} to {most}" if most else f"greater than {least - 1}"
+        raise ConfigError(f"{name} must be a whole number {allowed} (got {value!r}).")
+    return int(number)
+
+
 def form_value(value):
     return words_to_text(value) if isinstance(value, (list, tuple)) else value
 
@@ -488,9 +497,8 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
                 raise ConfigError(f"overrides must be a JSON object of config keys ({e.msg} at line {e.lineno}).") from None
             if not isinstance(extra, dict):
                 raise ConfigError("overrides must be a JSON object of config keys, like {\"lr\": 0.001}.")
-            if isinstance(steps, bool) or not isinstance(steps, (int, float)) or steps != int(steps) or steps <= 0:
-                raise ConfigError(f"steps must be a whole number greater than 0 (got {steps!r}).")
-            cfg = config.load(lab.preset_ref(preset_name), {**extra, "steps": int(steps)})
+            steps = whole_number(steps, "steps", 1)
+            cfg = config.load(lab.preset_ref(preset_name), {**extra, "steps": steps})
         except ConfigError as e:
             raise fail(e) from None
         tab.live = live = lab.start(cfg, preset_name)
@@ -587,12 +595,11 @@ def build_demo(preset: str = config.DEFAULT_PRESET, runs_dir: str | Path = "runs
             prompts = [p.strip() for p in (prompts_text or "").splitlines() if p.strip()]
             if not prompts:
                 raise ConfigError("give at least one prompt, one a line.")
-            if isinstance(seeds, bool) or not isinstance(seeds, (int, float)) or seeds != int(seeds) or not 1 <= seeds <= 16:
-                raise ConfigError(f"seeds must be a whole number from 1 to 16 (got {seeds!r}).")
+            seeds = whole_number(seeds, "seeds", 1, 16)
             runs = [None if not run or run == BASE else lab.run_dir(run) for run in (run_a, run_b)]
             with lab.device:
                 result = comparison.pairs(lab.cfg, lambda run: lab.models(lab.cfg, run.name if run else ""),
-                                          runs, prompts, int(seeds))
+                                          runs, prompts, seeds)
         except ConfigError as e:
             raise fail(e) from None
         folder = Path(tempfile.mkdtemp(prefix="srpo-compare-"))

@@ -47,6 +47,13 @@ def effect_size(row: dict, base: dict, stat: str) -> float:
     return (a[stat] - b[stat]) / pooled if pooled > 0 else 0.0
 
 
+def add_effects(rows: list[dict]) -> None:
+    """On the toy world, each row's judge effect sizes against the first row (`effect_vs_base`)."""
+    if "judge" in rows[0]:
+        for row in rows:
+            row["effect_vs_base"] = {s: effect_size(row, rows[0], s) for s in STATS}
+
+
 def run(presets: list[str], runs_root: str | Path, prompts: list[str] | None = None, seeds: int = 2,
         overrides: list[str] = (), eval_overrides: list[str] = ("sample_steps=20",), progress=print) -> dict:
     """Tune each preset (with `overrides`, e.g. a shorter step budget), then evaluate base + tuned models with the
@@ -63,9 +70,7 @@ def run(presets: list[str], runs_root: str | Path, prompts: list[str] | None = N
         models = evaluate.load_models(eval_cfg, run_dir)
         rows.append({"method": name, "run_dir": str(run_dir) if run_dir else None, "seconds": seconds,
                      **evaluate.evaluate(models, eval_cfg, prompts, seeds)})
-    if "judge" in rows[0]:
-        for row in rows:
-            row["effect_vs_base"] = {s: effect_size(row, rows[0], s) for s in STATS}
+    add_effects(rows)
     return {"prompts": prompts, "seeds": seeds, "pos_words": eval_cfg.pos_words, "neg_words": eval_cfg.neg_words,
             "rows": rows}
 
@@ -111,9 +116,7 @@ def pairs(cfg: RunConfig, load, runs: list[str | Path | None], prompts: list[str
     SRP, and on the toy world each side's judge effect sizes against A."""
     rows = [{"method": Path(run).name if run else "base", "run_dir": str(run) if run else None,
              **evaluate.evaluate(load(run), cfg, prompts, seeds, keep_images=True)} for run in runs]
-    if "judge" in rows[0]:
-        for row in rows:
-            row["effect_vs_base"] = {s: effect_size(row, rows[0], s) for s in STATS}
+    add_effects(rows)
     return {"prompts": prompts, "seeds": seeds, "seed": cfg.seed, "pos_words": cfg.pos_words[:1],
             "neg_words": cfg.neg_words[:1], "rows": rows}
 
